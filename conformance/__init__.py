@@ -1,0 +1,3 @@
+"""sockconf: a clause-by-clause conformance suite for socket programs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""ERR — how system-call failures are reported."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conformance.checks import support
+from conformance.clauses import clause
+from conformance.harness import peers
+from conformance.harness import trace as tracing
+from conformance.harness.inspect import listening
+from conformance.harness.testbed import Server, Testbed, Violation, lines
+
+
+def _server_run(bed: Testbed, srv: Server, timeout: float) -> support.ClientRun:
+    rc = srv.proc.wait(timeout)
+    if rc is None:
+        srv.proc.kill()
+    return support.ClientRun(srv.proc, rc, rc is None, srv.trace_log)
+
+
+def _expect_injected_failure(bed: Testbed, srv: Server, message: str, what: str) -> None:
+    """An injected failure: the message, exit 1, and no listener left behind."""
+    value = srv.proc.wait(3.0)
+    if value is None:
+        found = listening(srv.pid)
+        srv.proc.kill()
+        where = f" and still listens on {found[0].local}" if found else ""
+        raise Violation(f"{what}: still running 3 s later{where}; expected {message!r} and exit 1")
+    run = support.ClientRun(srv.proc, value, False, srv.trace_log)
+    if message not in lines(run.stderr):
+        raise Violation(f"{what}: expected the stderr line {message!r}; {run.describe()}")
+    if value != 1:
+        raise Violation(f"{what}: reported {message!r} but {srv.proc.status()} (expected exit 1)")
+
+
+# -- ERR-1 ------------------------------------------------------------------------------------
+
+@clause("ERR-1")
+def test_bind_failure(bed: Testbed) -> None:
+    transport = bed.primary(bed.server_program)
+    if transport == "unix":
+        pytest.skip("ERR-1 is about a port held by another listening socket")
+    port = bed.free_port(transport)
+    with support.hold_port(transport, port):
+        t0 = time.monotonic()
+        srv = bed.spawn_server(bed.server_argv(transport, port, None), transport=transport)
+        run = _server_run(bed, srv, 2.0)
+        took = time.monotonic() - t0
+    if run.timed_out:
+        raise Violation(f"port {port} held by another listener: still running after 2 s; "
+                        f"expected 'bind() error' and exit 1; stderr={run.stderr[:200]!r}")
+    support.expect_error(run, "bind() error")
+    assert took <= 2.5, f"took {took:.2f} s"
+
+
+# -- ERR-2 ------------------------------------------------------------------------------------
+
+@clause("ERR-2")
+def test_connect_refused(bed: Testbed) -> None:
+    transport = bed.primary(bed.client_program)
+    if transport == "unix":
+        path = bed.unix_path("nobody-listens.sock")
+        argv = bed.client_argv(transport, None, path)
+    else:
+        argv = bed.client_argv(transport, bed.free_port(transport))
+    run = bed.run(argv, timeout=5.0)
+    support.expect_error(run, "connect() error!")
+
+
+# -- ERR-3 ------------------------------------------------------------------------------------
+
+EARLY_ENDS = [(0, False), (0, True), (5, False), (5, True)]
+
+
+@clause("ERR-3")
+@pytest.mark.parametrize("nbytes,reset", EARLY_ENDS,
+                         ids=[f"{n}B-then-{'RST' if r else 'FIN'}" for n, r in EARLY_ENDS])
+def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> None:
+    transport = bed.primary(bed.client_program)
+    if transport == "unix":
+        pytest.skip("the early-end peers are TCP (RST has no AF_UNIX equivalent)")
+    with peers.PeerServer(peers.cut_short(nbytes, reset=reset), transport) as peer:
+        run = bed.run(bed.client_argv(transport, peer.port), timeout=5.0)
+    end = "RST" if reset else "FIN"
+    if run.stdout:
+        raise Violation(f"server sent {nbytes} byte(s) then {end}: the client printed "
+                        f"{run.stdout[:100]!r} (a partial greeting must never be printed)")
+    try:
+        support.expect_error(run, "read() error!")
+    except Violation as v:
+        raise Violation(f"server sent {nbytes} byte(s) then {end}: {v}") from None
+
+
+# -- ERR-4 ------------------------------------------------------------------------------------
+
+@clause("ERR-4")
+def test_server_socket_emfile(bed: Testbed) -> None:
+    p = support.point(support.server_points(bed), "socket", "server")
+    srv = bed.start_server(injections=[p.injection("EMFILE")], ready=False, name="server-emfile")
+    _expect_injected_failure(bed, srv, "socket() error", "socket() failed with EMFILE")
+
+
+@clause("ERR-4")
+def test_server_accept_emfile(bed: Testbed) -> None:
+    bed.need_strace()
+    srv = bed.start_server(injections=[tracing.Injection(("accept", "accept4"), "EMFILE", 1)],
+                           ready=False, name="server-emfile")
+    _expect_injected_failure(bed, srv, "accept() error", "accept() failed with EMFILE")
+
+
+@clause("ERR-4")
+def test_client_socket_emfile(bed: Testbed) -> None:
+    p = support.point(support.client_points(bed), "socket", "client")
+    with peers.PeerServer(peers.greet(), "tcp4") as peer:
+        run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection("EMFILE")])
+    support.expect_error(run, "socket() error", stdout_empty=False)
+
+
+# -- ERR-5 ------------------------------------------------------------------------------------
+
+def _stdout_clean(run: support.ClientRun, scenario: str) -> None:
+    if run.timed_out:
+        pytest.skip(f"{scenario}: the program did not end (judged by other clauses)")
+    if run.stdout:
+        raise Violation(f"{scenario}: error text on stdout {run.stdout[:200]!r} "
+                        f"(stdout carries only the usage line or the success output)")
+
+
+@clause("ERR-5")
+@pytest.mark.parametrize("step,errno_", [("socket", "EACCES"), ("bind", "EACCES"),
+                                         ("listen", "EOPNOTSUPP"), ("accept", "ENOMEM")])
+def test_server_errors_not_on_stdout(bed: Testbed, step: str, errno_: str) -> None:
+    p = support.point(support.server_points(bed), step, "server")
+    inj = (tracing.Injection(("accept", "accept4"), errno_, 1) if step == "accept"
+           else p.injection(errno_))
+    srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
+    _stdout_clean(_server_run(bed, srv, 3.0), f"{step}() failed with {errno_}")
+
+
+@clause("ERR-5")
+def test_server_bad_port_not_on_stdout(bed: Testbed) -> None:
+    transport = bed.primary(bed.server_program)
+    if transport == "unix":
+        pytest.skip("the server's command line takes no port")
+    srv = bed.spawn_server(bed.server_argv(transport, "abc", None), transport=transport)
+    _stdout_clean(_server_run(bed, srv, 3.0), "server given port 'abc'")
+
+
+@clause("ERR-5")
+@pytest.mark.parametrize("step,errno_", [("socket", "EACCES"), ("connect", "ENETUNREACH"),
+                                         ("read", "EIO")])
+def test_client_errors_not_on_stdout(bed: Testbed, step: str, errno_: str) -> None:
+    p = support.point(support.client_points(bed), step, "client")
+    with peers.PeerServer(peers.greet(), "tcp4") as peer:
+        run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection(errno_)])
+    _stdout_clean(run, f"client {step}() failed with {errno_}")
+
+
+@clause("ERR-5")
+def test_client_bad_ip_not_on_stdout(bed: Testbed) -> None:
+    run = bed.run(bed.client_argv("tcp4", bed.free_port(), host="999.1.1.1"), timeout=5.0)
+    _stdout_clean(run, "client given IP '999.1.1.1'")
+
+
+# -- ERR-6 ------------------------------------------------------------------------------------
+
+@clause("ERR-6")
+@pytest.mark.parametrize("read_first", [0, 1], ids=["reset-at-once", "reset-after-1-byte"])
+def test_no_sigpipe_death(bed: Testbed, read_first: int) -> None:
+    srv = bed.start_server()
+    sock = peers.connect(srv.transport, srv.port, srv.path)
+    try:
+        if read_first:
+            sock.settimeout(5.0)
+            sock.recv(read_first)
+        if srv.transport != "unix":
+            peers.set_linger_abort(sock)
+    finally:
+        sock.close()
+    rc = srv.proc.wait(5.0)
+    if rc is not None and rc < 0:
+        raise Violation(f"peer reset the connection: server {srv.proc.status()}")
+    if rc is None:
+        raise Violation("peer reset the connection: the one-shot server did not end within 5 s")
+    if rc not in (0, 1):
+        raise Violation(f"peer reset the connection: server {srv.proc.status()} (expected 0 or 1)")
+
+
+# -- ERR-7 ------------------------------------------------------------------------------------
+
+SERVER_FAULTS = [("socket", "EACCES", "socket() error"), ("bind", "EACCES", "bind() error"),
+                 ("listen", "EOPNOTSUPP", "listen() error"), ("accept", "ENOMEM", "accept() error")]
+
+
+@clause("ERR-7")
+@pytest.mark.parametrize("step,errno_,message", SERVER_FAULTS, ids=[s for s, _, _ in SERVER_FAULTS])
+def test_server_fault_injection(bed: Testbed, step: str, errno_: str, message: str) -> None:
+    if step == "accept":
+        bed.need_strace()
+        inj = tracing.Injection(("accept", "accept4"), errno_, 1)
+    else:
+        inj = support.point(support.server_points(bed), step, "server").injection(errno_)
+    srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
+    _expect_injected_failure(bed, srv, message, f"{step}() failed with {errno_}")
+
+
+CLIENT_FAULTS = [("socket", "EACCES", "socket() error"),
+                 ("connect", "ENETUNREACH", "connect() error!"), ("read", "EIO", "read() error!")]
+
+
+@clause("ERR-7")
+@pytest.mark.parametrize("step,errno_,message", CLIENT_FAULTS, ids=[s for s, _, _ in CLIENT_FAULTS])
+def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: str) -> None:
+    p = support.point(support.client_points(bed), step, "client")
+    with peers.PeerServer(peers.greet(), "tcp4") as peer:
+        run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection(errno_)])
+    if run.timed_out:
+        raise Violation(f"{step}() failed with {errno_}: still running after 5 s")
+    if message not in lines(run.stderr):
+        raise Violation(f"{step}() failed with {errno_}: expected the stderr line {message!r}; {run.describe()}")
+    if run.rc != 1:
+        raise Violation(f"{step}() failed with {errno_}: {run.proc.status()} (expected exit 1)")
+
+
+# -- ERR-8 ------------------------------------------------------------------------------------
+
+@clause("ERR-8")
+@pytest.mark.parametrize("step", ["accept", "read", "write"])
+def test_server_eintr_retried(bed: Testbed, step: str) -> None:
+    if step == "accept":
+        bed.need_strace()
+        inj = tracing.Injection(("accept", "accept4"), "EINTR", 1)
+    else:
+        inj = support.point(support.server_points(bed), step, "server").injection("EINTR")
+    srv = bed.start_server(injections=[inj], name=f"server-eintr-{step}")
+    got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
+    rc = srv.proc.wait(5.0)
+    if got.data != support.GREETING or got.end != "fin":
+        raise Violation(f"EINTR in {step}(): the client got {got.describe()} "
+                        f"(server {srv.proc.status()}, stderr {srv.proc.stderr()[:120]!r})")
+    if rc != 0:
+        raise Violation(f"EINTR in {step}(): greeting served but server {srv.proc.status()}, "
+                        f"stderr {srv.proc.stderr()[:120]!r}")
+
+
+@clause("ERR-8")
+@pytest.mark.parametrize("step", ["connect", "read"])
+def test_client_eintr_retried(bed: Testbed, step: str) -> None:
+    p = support.point(support.client_points(bed), step, "client")
+    with peers.PeerServer(peers.greet(), "tcp4") as peer:
+        run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection("EINTR")])
+    if run.rc != 0 or run.stdout != support.CLIENT_OUTPUT:
+        raise Violation(f"EINTR in {step}(): {run.describe()}")

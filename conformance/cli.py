@@ -1,0 +1,167 @@
+"""`sockconf` — a thin front on the pytest plugin (INTERFACE.md).
+
+Exit status: 0 conformant, 1 not conformant, 2 usage or target-file error,
+3 the suite itself failed (a sockconf bug), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from conformance import __version__
+from conformance.target import TargetFileError, builtin, builtin_names, resolve
+
+EXIT_OK, EXIT_NONCONFORMANT, EXIT_USAGE, EXIT_SUITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PKG = Path(__file__).parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sockconf", description="Conformance suite for socket programs.")
+    p.add_argument("--version", action="version", version=f"sockconf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="check a target, clause by clause")
+    c.add_argument("target", nargs="?", help="target file (TOML) or built-in target name")
+    c.add_argument("--server", metavar="CMD", help='server command line, e.g. "./hello_server {port}"')
+    c.add_argument("--client", metavar="CMD", help='client command line, e.g. "./hello_client {host} {port}"')
+    c.add_argument("--profile", choices=["hello", "echo", "jsondoc"])
+    c.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN",
+                   help="only these clauses (globs: LIFE-*, ERR-1)")
+    c.add_argument("--strict", action="store_true", help="a SHOULD failure is non-conformant too")
+    c.add_argument("--report-json", metavar="FILE")
+    c.add_argument("--artifacts", metavar="DIR", help="keep pcap, stdout/stderr, traces of failures")
+    c.add_argument("-n", dest="workers", default="0", metavar="N|auto",
+                   help="parallel workers (pytest-xdist); default 0: one process")
+    c.add_argument("--hypothesis-profile", choices=["ci", "dev", "nightly"])
+    c.add_argument("--hypothesis-seed", metavar="S")
+    c.add_argument("--isolation", choices=["auto", "none"], default="auto",
+                   help="auto: private network namespace per worker; none: host loopback")
+    c.add_argument("-v", "--verbose", action="store_true", help="show each check and tracebacks")
+    c.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for pytest (repeatable)")
+
+    s = sub.add_parser("serve", help="run a reference server in the foreground")
+    s.add_argument("profile", choices=["hello"])
+    s.add_argument("port")
+    s.add_argument("options", nargs=argparse.REMAINDER, help="server options (--backlog 16 ...)")
+
+    sub.add_parser("targets", help="list built-in targets")
+
+    m = sub.add_parser("matrix", help="several targets side by side")
+    m.add_argument("targets", nargs="+")
+    m.add_argument("--html", metavar="FILE")
+    m.add_argument("--strict", action="store_true")
+    m.add_argument("-n", dest="workers", default="0")
+    return p
+
+
+def _pytest_args(a: argparse.Namespace) -> list[str]:
+    args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
+            "--rootdir", str(PKG), "-p", "no:cacheprovider", "-n", str(a.workers),
+            "--sockconf-isolation", a.isolation]
+    args += ["-v", "--tb=short"] if a.verbose else ["-q", "--tb=no", "--no-header"]
+    repro = ["sockconf", "check"]
+    if a.target:
+        tgt = a.target if not os.path.exists(a.target) else str(Path(a.target).resolve())
+        args += ["--sockconf-target", tgt]
+        repro.append(tgt)
+    for flag, val in (("server", a.server), ("client", a.client), ("profile", a.profile)):
+        if val:
+            args += [f"--sockconf-{flag}", val]
+            repro += [f"--{flag}", val]
+    for pat in a.clause:
+        args += ["--sockconf-clause", pat]
+    if a.strict:
+        args.append("--sockconf-strict")
+    if a.report_json:
+        args += ["--sockconf-report-json", a.report_json]
+    if a.artifacts:
+        args += ["--sockconf-artifacts", a.artifacts]
+    if a.hypothesis_profile:
+        args += ["--hypothesis-profile", a.hypothesis_profile]
+        repro += ["--hypothesis-profile", a.hypothesis_profile]
+    if a.hypothesis_seed:
+        args += ["--hypothesis-seed", a.hypothesis_seed]
+        repro += ["--hypothesis-seed", a.hypothesis_seed]
+    args += ["--sockconf-reproduce", shlex.join(repro)]
+    return args + list(a.pytest_arg)
+
+
+def check(a: argparse.Namespace) -> int:
+    try:
+        resolve(a.target, a.server, a.client, a.profile)
+    except TargetFileError as e:
+        print(f"sockconf: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    import pytest
+
+    try:
+        rc = pytest.main(_pytest_args(a))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return {0: EXIT_OK, 1: EXIT_NONCONFORMANT, 2: EXIT_INTERRUPTED, 3: EXIT_SUITE,
+            4: EXIT_USAGE, 5: EXIT_USAGE}.get(int(rc), EXIT_SUITE)
+
+
+def serve(a: argparse.Namespace) -> int:
+    from reference_impl.hello import server
+
+    return server.main([f"sockconf serve {a.profile}", a.port, *a.options])
+
+
+def targets(_: argparse.Namespace) -> int:
+    for name in builtin_names():
+        t = builtin(name)
+        print(f"{name:24} {t.profile:8} {t.name}")
+    return EXIT_OK
+
+
+def matrix(a: argparse.Namespace) -> int:
+    columns: list[tuple[str, dict[str, str]]] = []
+    worst = EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="sockconf-matrix-") as tmp:
+        for i, t in enumerate(a.targets):
+            out = Path(tmp) / f"{i}.json"
+            cmd = [sys.executable, "-m", "conformance", "check", t, "--report-json", str(out),
+                   "-n", str(a.workers)] + (["--strict"] if a.strict else [])
+            rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode
+            if rc in (EXIT_USAGE, EXIT_SUITE) or not out.exists():
+                print(f"sockconf: {t}: check failed with exit status {rc}", file=sys.stderr)
+                return rc if rc in (EXIT_USAGE, EXIT_SUITE) else EXIT_SUITE
+            worst = max(worst, rc)
+            doc = json.loads(out.read_text())
+            columns.append((doc["target"]["name"], {c["id"]: c["verdict"] for c in doc["clauses"]}))
+    ids = list(dict.fromkeys(cid for _, col in columns for cid in col))
+    width = max(len(i) for i in ids)
+    print(" " * width + "  " + "  ".join(f"{name[:14]:14}" for name, _ in columns))
+    for cid in ids:
+        print(f"{cid:<{width}}  " + "  ".join(f"{col.get(cid, '-'):14}" for _, col in columns))
+    if a.html:
+        rows = "".join(
+            f"<tr><th>{html.escape(cid)}</th>"
+            + "".join(f'<td class="{col.get(cid, "")}">{col.get(cid, "-")}</td>' for _, col in columns)
+            + "</tr>" for cid in ids)
+        head = "".join(f"<th>{html.escape(n)}</th>" for n, _ in columns)
+        Path(a.html).write_text(
+            "<!doctype html><meta charset=utf-8><title>sockconf matrix</title><style>"
+            "td.pass{background:#cfc}td.fail{background:#fcc}td.warn{background:#ffc}"
+            "td.skip,td.not-testable{background:#eee}</style>"
+            f"<table><tr><th></th>{head}</tr>{rows}</table>\n")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    return {"check": check, "serve": serve, "targets": targets, "matrix": matrix}[a.command](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

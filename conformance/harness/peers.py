@@ -1,0 +1,260 @@
+"""Controllable peers the checks drive: clients that poke a server, servers that
+misbehave on purpose in front of a client.
+
+Every peer works with real sockets and bounded waits; none ever blocks without a
+timeout.  Peer servers run their one connection in a daemon thread and record what
+happened (bytes received, who closed first, timestamps) for the check to judge.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+GREETING = b"Hello World!\0"
+
+FAMILIES = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6, "unix": socket.AF_UNIX}
+LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1"}
+
+
+def address(transport: str, port: int | None, path: str | None) -> object:
+    if transport == "unix":
+        return path
+    return (LOOPBACK[transport], port)
+
+
+def set_linger_abort(sock: socket.socket) -> None:
+    """SO_LINGER {1, 0}: close() then sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+# ---------------------------------------------------------------------------
+# Clients that poke a server
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Received:
+    data: bytes = b""
+    end: str = "timeout"        # "fin" | "rst" | "timeout" | "error: ..."
+    first_byte_s: float | None = None  # seconds from connect to the first byte
+    end_s: float | None = None         # seconds from connect to FIN/RST
+
+    def describe(self) -> str:
+        return f"{len(self.data)} byte(s) {self.data!r}, then {self.end}"
+
+
+def connect(transport: str, port: int | None = None, path: str | None = None,
+            timeout: float = 5.0) -> socket.socket:
+    sock = socket.socket(FAMILIES[transport], socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address(transport, port, path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_until_end(sock: socket.socket, timeout: float, *, limit: int = 1 << 20,
+                   t0: float | None = None) -> Received:
+    """Read until FIN, RST or `timeout` (total); never more than `limit` bytes."""
+    t0 = time.monotonic() if t0 is None else t0
+    deadline = time.monotonic() + timeout
+    got = Received()
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            got.end = "timeout"
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            got.end = "timeout"
+            break
+        except ConnectionResetError:
+            got.end = "rst"
+            got.end_s = time.monotonic() - t0
+            break
+        except OSError as e:
+            got.end = f"error: {errno.errorcode.get(e.errno or 0, e)}"
+            break
+        if not chunk:
+            got.end = "fin"
+            got.end_s = time.monotonic() - t0
+            break
+        if got.first_byte_s is None:
+            got.first_byte_s = time.monotonic() - t0
+        chunks.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            got.end = "limit"
+            break
+    got.data = b"".join(chunks)
+    return got
+
+
+def fetch_greeting(transport: str, port: int | None = None, path: str | None = None, *,
+                   timeout: float = 5.0, send_before: bytes = b"",
+                   send_after: bytes = b"", after_delay: float = 0.0) -> Received:
+    """One hello exchange as the classic client would do it, optionally sending
+    data before the greeting (right after connect) and after it (once the greeting
+    and the server's FIN arrived).  Closes normally (FIN) at the end."""
+    t0 = time.monotonic()
+    sock = connect(transport, port, path, timeout)
+    try:
+        if send_before:
+            sock.sendall(send_before)
+        got = read_until_end(sock, timeout, t0=t0)
+        if send_after and got.end == "fin":
+            time.sleep(after_delay)
+            try:
+                sock.sendall(send_after)
+                # Give the server's kernel the chance to answer with RST if it
+                # has no reader any more; the capture judges.
+                time.sleep(0.05)
+            except OSError:
+                pass
+        return got
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------
+# Servers that stand in front of a client under test
+# ---------------------------------------------------------------------------
+
+@dataclass
+class PeerLog:
+    accepted_at: float | None = None
+    client_addr: object = None
+    received: bytes = b""
+    client_fin_at: float | None = None      # when recv() returned b"" (the client's FIN)
+    client_rst: bool = False
+    our_fin_at: float | None = None         # when we shut down our side
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+
+Behaviour = Callable[[socket.socket, PeerLog], None]
+
+
+class PeerServer:
+    """A listening socket we own, serving exactly one connection with `behaviour`
+    in a daemon thread.  Use as a context manager; `log` has what happened."""
+
+    def __init__(self, behaviour: Behaviour, transport: str = "tcp4", *, path: str | None = None,
+                 accept_timeout: float = 10.0) -> None:
+        self.transport = transport
+        self.behaviour = behaviour
+        self.log = PeerLog()
+        self.sock = socket.socket(FAMILIES[transport], socket.SOCK_STREAM)
+        if transport == "unix":
+            assert path
+            self.sock.bind(path)
+            self.port: int | None = None
+        else:
+            self.sock.bind((LOOPBACK[transport], 0))
+            self.port = self.sock.getsockname()[1]
+        self.path = path
+        self.sock.listen(5)
+        self.sock.settimeout(accept_timeout)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, addr = self.sock.accept()
+        except OSError as e:
+            self.log.error = f"no client connected: {e}"
+            self.log.done.set()
+            return
+        self.log.accepted_at = time.monotonic()
+        self.log.client_addr = addr
+        try:
+            with conn:
+                conn.settimeout(10.0)
+                self.behaviour(conn, self.log)
+        except Exception as e:  # recorded, judged by the check
+            self.log.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.log.done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.log.done.wait(timeout)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            self._thread.join(timeout=12)
+
+    def __enter__(self) -> PeerServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def drain(conn: socket.socket, log: PeerLog, timeout: float) -> None:
+    """Read what the client sends until its FIN/RST or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            return
+        except ConnectionResetError:
+            log.client_rst = True
+            return
+        if not chunk:
+            log.client_fin_at = time.monotonic()
+            return
+        log.received += chunk
+
+
+def greet(*, segments: int = 1, gap: float = 0.0, drain_timeout: float = 5.0) -> Behaviour:
+    """A correct hello server: the greeting (in `segments` pieces, `gap` s apart,
+    with TCP_NODELAY so each piece is its own segment), then FIN, then drain."""
+
+    def run(conn: socket.socket, log: PeerLog) -> None:
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if segments <= 1:
+            conn.sendall(GREETING)
+        else:
+            size = max(1, len(GREETING) // segments)
+            for i in range(0, len(GREETING), size):
+                conn.sendall(GREETING[i:i + size])
+                if i + size < len(GREETING):
+                    time.sleep(gap)
+        conn.shutdown(socket.SHUT_WR)
+        log.our_fin_at = time.monotonic()
+        drain(conn, log, drain_timeout)
+
+    return run
+
+
+def cut_short(nbytes: int, *, reset: bool) -> Behaviour:
+    """Send only `nbytes` of the greeting, then FIN (or RST if `reset`)."""
+
+    def run(conn: socket.socket, log: PeerLog) -> None:
+        if nbytes:
+            conn.sendall(GREETING[:nbytes])
+            time.sleep(0.05)  # let the partial greeting reach the client on its own
+        if reset:
+            set_linger_abort(conn)
+        else:
+            conn.shutdown(socket.SHUT_WR)
+            log.our_fin_at = time.monotonic()
+            drain(conn, log, 5.0)
+
+    return run

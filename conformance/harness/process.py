@@ -1,0 +1,232 @@
+"""The process runner: targets run in their own process group and never outlive us.
+
+Every target is started
+  * in a new session (its own process group), so one killpg() ends it and anything it forked;
+  * behind `setpriv --pdeathsig KILL` when available, so that even if the test process
+    itself dies (SIGKILL, crash, xdist worker lost) the kernel kills the target;
+  * with stdout/stderr captured to files (evidence, and no pipe can fill up and block it);
+  * with RLIMIT_CORE = 0 (a crashing mutant must not litter core files); it is set in our
+    own process and inherited, because a preexec_fn would run Python between fork and
+    exec while other threads (the capture reader) may hold locks.
+`Runner.close()` kills every group it started; an atexit hook and SIGTERM/SIGHUP handlers
+do the same for whatever is still alive, so Ctrl-C, failures and normal ends all clean up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sysconfig
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+# Process groups still alive, across all runners of this process (for atexit/signals).
+_LIVE: dict[int, Proc] = {}
+
+
+def _setpriv() -> list[str]:
+    path = shutil.which("setpriv")
+    if path is None:
+        return []
+    return [path, "--pdeathsig", "KILL", "--"]
+
+
+_PDEATH_PREFIX = _setpriv()
+
+
+def pdeath_guard(argv: Sequence[str]) -> list[str]:
+    """`argv` behind the pdeathsig guard: for a target that runs as the child of a
+    wrapper (strace): a tracer killed with SIGKILL detaches its tracee, which must
+    die with it rather than live on."""
+    return [*_PDEATH_PREFIX, *argv]
+
+
+def describe_status(rc: int | None) -> str:
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        rc = self.popen.poll()
+        if rc is not None and self.ended is None:
+            self.ended = time.monotonic()
+        return rc
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status (negative: killed by that signal), or None on timeout."""
+        try:
+            rc = self.popen.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return None
+        if self.ended is None:
+            self.ended = time.monotonic()
+        return rc
+
+    @property
+    def returncode(self) -> int | None:
+        return self.poll()
+
+    def status(self) -> str:
+        return describe_status(self.poll())
+
+    def stdout(self) -> bytes:
+        return _read(self.stdout_path)
+
+    def stderr(self) -> bytes:
+        return _read(self.stderr_path)
+
+    def stderr_tail(self, limit: int = 600) -> str:
+        data = self.stderr()
+        text = data[-limit:].decode("utf-8", "replace")
+        return ("…" if len(data) > limit else "") + text
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the target itself (not the group)."""
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and any descendant that escaped it; reap."""
+        descendants: list[psutil.Process] = []
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for d in descendants:
+            try:
+                d.kill()
+            except psutil.Error:
+                pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
+            pass
+        if self.ended is None:
+            self.ended = time.monotonic()
+        _LIVE.pop(self.pid, None)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Bare program names (e.g. the reference's console scripts) resolve in our own
+    # scripts folder first, even when the virtualenv is not activated.
+    env["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), env.get("PATH", os.defpath)])
+    # A Python target must not write .pyc next to our sources or buffer its output.
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+def _no_core_files() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
+class Runner:
+    """Owns the processes of one test; close() kills them all."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+        self._seq = 0
+        _no_core_files()
+
+    def spawn(self, argv: Sequence[str], *, name: str = "target", cwd: Path | None = None,
+              env: Mapping[str, str] | None = None) -> Proc:
+        """Start `argv` (argv[0] looked up like a shell does, relative to `cwd`)."""
+        self._seq += 1
+        stem = f"{self._seq:02d}-{name}"
+        out = self.workdir / f"{stem}.stdout"
+        err = self.workdir / f"{stem}.stderr"
+        cmd = [*_PDEATH_PREFIX, *argv]
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            try:
+                popen = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=cwd,
+                    env=_env(env), start_new_session=True, close_fds=True)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"cannot run {argv[0]!r}: {e.strerror}") from None
+        proc = Proc(name, list(argv), popen, out, err)
+        self.procs.append(proc)
+        _LIVE[proc.pid] = proc
+        return proc
+
+    def run(self, argv: Sequence[str], *, timeout: float, **kw: object) -> Proc:
+        """Start and wait up to `timeout` s; a process still running then is killed
+        (its status reads "killed by SIGKILL" and `timed_out(proc)` is True)."""
+        proc = self.spawn(argv, **kw)  # type: ignore[arg-type]
+        if proc.wait(timeout) is None:
+            proc.kill()
+            proc.timed_out = True  # type: ignore[attr-defined]
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None or proc.pid in _LIVE:
+                proc.kill()
+
+
+def timed_out(proc: Proc) -> bool:
+    return bool(getattr(proc, "timed_out", False))
+
+
+def kill_all() -> None:
+    for proc in list(_LIVE.values()):
+        proc.kill()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    kill_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+atexit.register(kill_all)
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_sig) in (signal.SIG_DFL, None):
+        try:
+            signal.signal(_sig, _on_signal)
+        except ValueError:  # not the main thread
+            pass

@@ -1,0 +1,322 @@
+"""The testbed: what one check gets from the harness.
+
+A check names its clause and asks the testbed for what it needs — a running server,
+a client run, a trace, the wire — and never spawns processes or parses /proc itself.
+The testbed owns everything it starts: `close()` kills the processes, stops the
+capture and removes its temporary files; `save_artifacts()` keeps the evidence of a
+failure (target stdout/stderr, strace logs, the pcap) before that.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conformance.harness import trace as tracing
+from conformance.harness.capture import Capture, CaptureUnavailable
+from conformance.harness.netns import Isolation
+from conformance.harness.process import Proc, Runner, pdeath_guard
+from conformance.harness.inspect import listening
+from conformance.harness.readiness import Listener, NotReady, wait_listening
+from conformance.target import Program, Target
+
+LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
+
+
+class Violation(AssertionError):
+    """The target broke the clause under test: a `fail` (or `warn`) verdict.
+
+    The message is the one-line evidence shown in the report: expected vs seen."""
+
+
+@dataclass
+class Server:
+    proc: Proc
+    transport: str
+    port: int | None
+    path: str | None
+    trace_log: Path | None = None
+    listener: Listener | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class ClientRun:
+    proc: Proc
+    rc: int | None
+    timed_out: bool
+    trace_log: Path | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def stdout(self) -> bytes:
+        return self.proc.stdout()
+
+    @property
+    def stderr(self) -> bytes:
+        return self.proc.stderr()
+
+    def describe(self) -> str:
+        status = "still running after the timeout (killed)" if self.timed_out else self.proc.status()
+        return f"{status}; stdout={self.stdout[:200]!r}; stderr={self.stderr[:200]!r}"
+
+
+@dataclass
+class Testbed:
+    target: Target
+    isolation: Isolation
+    workdir: Path
+    name: str = "check"
+    runner: Runner = field(init=False)
+    capture: Capture | None = field(init=False, default=None)
+    capture_reason: str | None = field(init=False, default=None)
+    _pcap: Path | None = field(init=False, default=None)
+    _sockdir: Path | None = field(init=False, default=None)
+    _traces: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.runner = Runner(self.workdir)
+        # Every check runs under a capture when the wire is visible: a failure then
+        # always comes with its pcap, whichever clause it is about.
+        if self.isolation.wire:
+            try:
+                self.capture = Capture("lo").start()
+            except CaptureUnavailable as e:
+                self.capture_reason = e.reason
+        else:
+            self.capture_reason = self.isolation.reason or "packet capture unavailable"
+
+    # -- what the target declares ------------------------------------------------
+
+    @property
+    def server_program(self) -> Program:
+        if self.target.server is None:
+            pytest.skip("the target declares no server")
+        return self.target.server
+
+    @property
+    def client_program(self) -> Program:
+        if self.target.client is None:
+            pytest.skip("the target declares no client")
+        return self.target.client
+
+    def server_transports(self) -> tuple[str, ...]:
+        return self.server_program.transports
+
+    def primary(self, program: Program) -> str:
+        """The transport checks use when the clause is not about transports."""
+        return "tcp4" if "tcp4" in program.transports else program.transports[0]
+
+    def require_transport(self, program: Program, transport: str) -> None:
+        if transport not in program.transports:
+            pytest.skip(f"the target does not declare transport {transport}")
+
+    # -- resources ------------------------------------------------------------------
+
+    def free_port(self, transport: str = "tcp4") -> int:
+        """A port nothing uses now.  In the private namespace only this worker
+        allocates ports, so it stays free until the target binds it."""
+        fam = socket.AF_INET6 if transport == "tcp6" else socket.AF_INET
+        kind = socket.SOCK_DGRAM if transport == "udp4" else socket.SOCK_STREAM
+        with socket.socket(fam, kind) as s:
+            s.bind((LOOPBACK.get(transport) or "127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def unix_path(self, name: str = "srv.sock") -> str:
+        # sun_path holds 107 bytes: keep socket paths short, outside the workdir.
+        if self._sockdir is None:
+            self._sockdir = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
+        return str(self._sockdir / name)
+
+    def need_strace(self) -> None:
+        if tracing.strace_path() is None:
+            pytest.skip(tracing.STRACE_HINT)
+
+    def _trace_log(self, role: str) -> Path:
+        self._traces += 1
+        return self.workdir / f"strace-{self._traces:02d}-{role}.log"
+
+    # -- servers ----------------------------------------------------------------------
+
+    def server_argv(self, transport: str, port: int | None, path: str | None,
+                    options: dict[str, dict[str, object]] | None = None) -> list[str]:
+        return self.target.command(self.server_program, transport=transport, port=port,
+                                   host=LOOPBACK[transport], path=path or "", data="",
+                                   options=options)
+
+    def spawn_server(self, argv: Sequence[str], *, transport: str = "tcp4",
+                     port: int | None = None, path: str | None = None, trace: bool = False,
+                     injections: Sequence[tracing.Injection] = (),
+                     name: str = "server") -> Server:
+        log = None
+        cmd = list(argv)
+        if trace or injections:
+            self.need_strace()
+            log = self._trace_log(name)
+            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
+        proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir)
+        return Server(proc, transport, port, path, log)
+
+    def start_server(self, transport: str | None = None, *, port: int | None = None,
+                     options: dict[str, dict[str, object]] | None = None, trace: bool = False,
+                     injections: Sequence[tracing.Injection] = (), ready: bool = True,
+                     name: str = "server") -> Server:
+        """Start the target's server on a fresh port (or unix path) and, unless
+        `ready=False`, wait passively until it listens there."""
+        program = self.server_program
+        transport = transport or self.primary(program)
+        self.require_transport(program, transport)
+        path = self.unix_path() if transport == "unix" else None
+        if transport != "unix" and port is None:
+            port = self.free_port(transport)
+        argv = self.server_argv(transport, port, path, options)
+        srv = self.spawn_server(argv, transport=transport, port=port, path=path, trace=trace,
+                                injections=injections, name=name)
+        if ready:
+            self.wait_ready(srv)
+        return srv
+
+    def wait_ready(self, srv: Server) -> Listener:
+        try:
+            srv.listener = wait_listening(
+                srv.pid, transport=srv.transport, port=srv.port, path=srv.path,
+                timeout=self.server_program.startup_timeout, exited=srv.proc.poll,
+                stderr_tail=srv.proc.stderr_tail)
+        except NotReady as e:
+            raise Violation(f"server not ready: {e.reason}"
+                            + (f" ({e.detail})" if getattr(e, "detail", "") else "")) from None
+        return srv.listener
+
+    def exit_or_listen(self, proc: Proc, timeout: float) -> tuple[str, object]:
+        """Watch a process that should exit without ever listening: returns
+        ("listen", [SockEntry...]) as soon as it listens anywhere, ("exit", status)
+        when it ends, ("running", None) if neither happened within `timeout`."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            found = listening(proc.pid)
+            if found:
+                return "listen", found
+            rc = proc.poll()
+            if rc is not None:
+                return "exit", rc
+            if time.monotonic() >= deadline:
+                return "running", None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    def stop(self, srv: Server | Proc, timeout: float = 3.0) -> int | None:
+        """Wait for a process to end by itself (up to `timeout`), else kill it."""
+        proc = srv.proc if isinstance(srv, Server) else srv
+        rc = proc.wait(timeout)
+        if rc is None:
+            proc.kill()
+        return rc
+
+    # -- clients --------------------------------------------------------------------------
+
+    def client_argv(self, transport: str, port: int | None, path: str | None = None,
+                    host: str | None = None) -> list[str]:
+        return self.target.command(self.client_program, transport=transport, port=port,
+                                   host=host if host is not None else LOOPBACK[transport],
+                                   path=path or "")
+
+    def spawn_client(self, argv: Sequence[str], *, trace: bool = False,
+                     injections: Sequence[tracing.Injection] = (), name: str = "client"
+                     ) -> tuple[Proc, Path | None]:
+        log = None
+        cmd = list(argv)
+        if trace or injections:
+            self.need_strace()
+            log = self._trace_log(name)
+            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
+        return self.runner.spawn(cmd, name=name, cwd=self.target.base_dir), log
+
+    def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
+            injections: Sequence[tracing.Injection] = (), name: str = "client") -> ClientRun:
+        """Run a program to its end (killed after `timeout`): a client, or a server
+        that is expected to exit by itself (usage, bad port, bind failure)."""
+        t0 = time.monotonic()
+        proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name)
+        rc = proc.wait(timeout)
+        timed_out = rc is None
+        if timed_out:
+            proc.kill()
+        return ClientRun(proc, rc, timed_out, log, time.monotonic() - t0)
+
+    # -- evidence -------------------------------------------------------------------------
+
+    def require_wire(self) -> None:
+        """Skip now (not halfway through) when the wire cannot be seen here."""
+        if self.capture is None:
+            pytest.skip(f"wire evidence unavailable: {self.capture_reason}")
+
+    def wire(self) -> Capture:
+        """The capture so far, stopped and ready to dissect; skips the check with
+        the reason when the wire cannot be seen here."""
+        if self.capture is None:
+            pytest.skip(f"wire evidence unavailable: {self.capture_reason}")
+        self.capture.stop()
+        return self.capture
+
+    def pcap(self) -> Path | None:
+        if self.capture is None:
+            return None
+        if self._pcap is None:
+            self.capture.stop()
+            self._pcap = self.capture.write_pcap(self.workdir / "capture.pcap")
+        return self._pcap
+
+    def save_artifacts(self, dest: Path) -> list[str]:
+        """Copy the evidence of this check into `dest`; returns the file paths."""
+        dest.mkdir(parents=True, exist_ok=True)
+        saved: list[str] = []
+        self.pcap()
+        for f in sorted(self.workdir.iterdir()):
+            if f.is_file() and f.stat().st_size > 0 or f.suffix in (".stdout", ".stderr"):
+                shutil.copy2(f, dest / f.name)
+                saved.append(str(dest / f.name))
+        return saved
+
+    def close(self) -> None:
+        try:
+            self.runner.close()
+        finally:
+            if self.capture is not None:
+                self.capture.stop()
+            if self._sockdir is not None:
+                shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+def port_bindable(port: int, transport: str = "tcp4") -> str | None:
+    """None if a listening socket could take `port` now (SO_REUSEADDR set, as a
+    restarted server would); else the errno name."""
+    fam = socket.AF_INET6 if transport == "tcp6" else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+            s.listen(1)
+        except OSError as e:
+            return errno.errorcode.get(e.errno or 0, str(e))
+    return None
+
+
+def lines(data: bytes) -> list[str]:
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "check"

@@ -1,0 +1,301 @@
+"""The sockconf pytest plugin (entry point `pytest11: sockconf`).
+
+Small hooks, in the spirit of pytest-timeout / pytest-xdist:
+  * options `--sockconf-*` select the target, clauses, report and artifacts;
+  * the `clause(ID)` marker ties each check to the clause it proves;
+  * fixtures `sockconf_target`, `sockconf_isolation` (a private network namespace
+    per worker) and `bed` (the per-check testbed);
+  * outcomes are turned into clause verdicts on the controller (xdist-safe: the
+    clause, evidence and artifacts travel in `report.user_properties`).
+The plugin stays inert in pytest runs that collect no check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import clauses as catalogue
+from conformance import report as rep
+from conformance.target import Target, TargetFileError, resolve
+
+TARGET_KEY = pytest.StashKey[Target]()
+RECORDS_KEY = pytest.StashKey[dict[str, rep.TestRecord]]()
+RESULTS_KEY = pytest.StashKey[list[rep.ClauseResult]]()
+
+_PROPS = "sockconf"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("sockconf", "sockconf conformance checks")
+    g.addoption("--sockconf-target", metavar="FILE", help="target file (TOML) or built-in name")
+    g.addoption("--sockconf-server", metavar="CMD", help='server command, e.g. "./srv {port}"')
+    g.addoption("--sockconf-client", metavar="CMD", help='client command, e.g. "./cli {host} {port}"')
+    g.addoption("--sockconf-profile", choices=["hello", "echo", "jsondoc"])
+    g.addoption("--sockconf-clause", action="append", default=[], metavar="PATTERN",
+                help="only clauses matching PATTERN (glob, e.g. LIFE-*); repeatable")
+    g.addoption("--sockconf-strict", action="store_true", help="SHOULD failures make it non-conformant")
+    g.addoption("--sockconf-report-json", metavar="FILE", help="write the clause report as JSON")
+    g.addoption("--sockconf-artifacts", metavar="DIR", help="keep evidence of failures here")
+    g.addoption("--sockconf-isolation", choices=["auto", "none"], default="auto",
+                help="auto: a private network namespace per worker; none: host loopback")
+    # Set by `sockconf check`: the command line a reproduce hint starts from.
+    g.addoption("--sockconf-reproduce", metavar="CMD", help=argparse.SUPPRESS)
+
+
+def _given(config: pytest.Config) -> bool:
+    return any(config.getoption(o) for o in (
+        "sockconf_target", "sockconf_server", "sockconf_client", "sockconf_profile",
+        "sockconf_clause", "sockconf_report_json", "sockconf_artifacts"))
+
+
+def _collects_checks(config: pytest.Config) -> bool:
+    here = str(Path(__file__).parent)
+    for arg in config.args:
+        a = arg.split("::")[0]
+        if a.startswith("conformance") or os.path.abspath(a).startswith(here):
+            return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(id): the REQUIREMENTS.md clause a check proves")
+    active = _given(config) or _collects_checks(config)
+    config.stash[RECORDS_KEY] = {}
+    if not active:
+        return
+    try:
+        target = resolve(config.getoption("sockconf_target"), config.getoption("sockconf_server"),
+                         config.getoption("sockconf_client"), config.getoption("sockconf_profile"))
+    except TargetFileError as e:
+        raise pytest.UsageError(f"sockconf: {e}") from None
+    patterns = config.getoption("sockconf_clause")
+    if patterns:
+        applicable = catalogue.applicable(target.profile)
+        for p in patterns:
+            if not catalogue.select([p], applicable):
+                raise pytest.UsageError(
+                    f"sockconf: --clause {p} matches no clause of the {target.profile} profile")
+    config.stash[TARGET_KEY] = target
+    if not hasattr(config, "workerinput") and config.getoption("sockconf_isolation") == "auto":
+        # A non-root user gets its own user+network namespace here, while the
+        # controller is still single-threaded; xdist workers inherit it.
+        from conformance.harness import netns
+        netns.enter_user_namespace()
+
+
+def _target(config: pytest.Config) -> Target:
+    if TARGET_KEY not in config.stash:
+        config.stash[TARGET_KEY] = resolve(None, None, None, None)
+    return config.stash[TARGET_KEY]
+
+
+# -- parametrization by declared transports --------------------------------------------
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for arg, side in (("server_transport", "server"), ("client_transport", "client")):
+        if arg in metafunc.fixturenames:
+            prog = getattr(_target(metafunc.config), side)
+            transports = list(prog.transports) if prog else ["none"]
+            metafunc.parametrize(arg, transports)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    if TARGET_KEY not in config.stash:
+        return
+    target = config.stash[TARGET_KEY]
+    applicable = {c.id for c in catalogue.applicable(target.profile)}
+    wanted = {c.id for c in catalogue.select(config.getoption("sockconf_clause"),
+                                             catalogue.applicable(target.profile))}
+    keep, drop = [], []
+    for item in items:
+        m = item.get_closest_marker("clause")
+        if m is None:
+            keep.append(item)
+            continue
+        cid = m.args[0]
+        (keep if cid in applicable and cid in wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sockconf_target(request: pytest.FixtureRequest) -> Target:
+    return _target(request.config)
+
+
+@pytest.fixture(scope="session")
+def sockconf_isolation(request: pytest.FixtureRequest) -> Any:
+    from conformance.harness import netns
+    return netns.isolate(request.config.getoption("sockconf_isolation"))
+
+
+@pytest.fixture
+def bed(request: pytest.FixtureRequest, sockconf_target: Target,
+        sockconf_isolation: Any) -> Iterator[Any]:
+    from conformance.harness.testbed import Testbed
+    workdir = Path(tempfile.mkdtemp(prefix="sockconf-"))
+    tb = Testbed(sockconf_target, sockconf_isolation, workdir, name=request.node.name)
+    request.node.stash[_BED_KEY] = tb
+    try:
+        yield tb
+    finally:
+        try:
+            tb.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+_BED_KEY = pytest.StashKey[Any]()
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+def _target_failure(exc: BaseException) -> bool:
+    """True when the exception is the target's doing (a verdict), False when the
+    check itself broke (a sockconf bug → exit status 3)."""
+    return isinstance(exc, AssertionError | OSError | TimeoutError)
+
+
+def _reproduce(config: pytest.Config, clause_id: str) -> str:
+    base = config.getoption("sockconf_reproduce")
+    if not base:
+        parts = ["sockconf", "check"]
+        for opt, flag in (("sockconf_target", None), ("sockconf_server", "--server"),
+                          ("sockconf_client", "--client"), ("sockconf_profile", "--profile")):
+            v = config.getoption(opt)
+            if v:
+                parts += ([flag] if flag else []) + [v]
+        base = shlex.join(parts)
+    return f"{base} --clause {clause_id}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    m = item.get_closest_marker("clause")
+    if m is None:
+        return
+    cid = m.args[0]
+    props: dict[str, Any] = {"clause": cid}
+    exc = call.excinfo.value if call.excinfo else None
+    if report.failed and exc is not None:
+        props["message"] = _first_line(exc)
+        props["suite_error"] = not _target_failure(exc)
+        props["reproduce"] = _reproduce(item.config, cid)
+        art = item.config.getoption("sockconf_artifacts")
+        tb = item.stash.get(_BED_KEY, None)
+        if art and tb is not None:
+            from conformance.harness.testbed import slug
+            dest = Path(art) / cid / slug(item.name)
+            try:
+                props["artifacts"] = tb.save_artifacts(dest)
+                (dest / "reproduce.txt").write_text(props["reproduce"] + "\n")
+                props["artifacts"].append(str(dest / "reproduce.txt"))
+            except OSError as e:
+                props["message"] += f" (artifacts not saved: {e})"
+    elif report.skipped and isinstance(report.longrepr, tuple):
+        props["message"] = str(report.longrepr[2]).removeprefix("Skipped: ")
+    report.user_properties.append((_PROPS, props))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, AssertionError):
+        text = f"{type(exc).__name__}: {text}"
+    return text.splitlines()[0][:500]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    props = next((v for k, v in report.user_properties if k == _PROPS), None)
+    if props is None:
+        return
+    records = _records
+    rec = records.get(report.nodeid)
+    if rec is None:
+        rec = records[report.nodeid] = rep.TestRecord(report.nodeid, props["clause"], "passed")
+    rec.duration_s = round(rec.duration_s + report.duration, 3)
+    if report.when == "call" and report.passed and rec.outcome == "passed":
+        return
+    if report.skipped:
+        rec.outcome, rec.message = "skipped", props.get("message", "")
+    elif report.failed:
+        rec.outcome = "failed" if report.when == "call" else "error"
+        rec.message = props.get("message", "")
+        rec.suite_error = bool(props.get("suite_error"))
+        rec.artifacts = props.get("artifacts", [])
+        rec.reproduce = props.get("reproduce", "")
+
+
+# Records live at module level: pytest_runtest_logreport has no config argument.
+_records: dict[str, rep.TestRecord] = {}
+
+
+def _results(config: pytest.Config) -> list[rep.ClauseResult] | None:
+    if TARGET_KEY not in config.stash or hasattr(config, "workerinput"):
+        return None
+    if RESULTS_KEY in config.stash:
+        return config.stash[RESULTS_KEY]
+    target = config.stash[TARGET_KEY]
+    clauses = catalogue.select(config.getoption("sockconf_clause"),
+                               catalogue.applicable(target.profile))
+    gaps = {}
+    for c in clauses:
+        if c.option and (target.server is None or not target.server.supports(c.option)):
+            gaps[c.id] = f"the target does not declare option {c.option!r}"
+        elif c.option:
+            gaps[c.id] = "no check implements this option clause yet"
+    results = rep.judge(clauses, _records.values(), gaps)
+    config.stash[RESULTS_KEY] = results
+    return results
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    results = _results(config)
+    if not results:
+        return
+    target = config.stash[TARGET_KEY]
+    terminalreporter.section("sockconf clause report")
+    for line in rep.terminal_lines(results, target=target.describe(),
+                                   strict=config.getoption("sockconf_strict")):
+        terminalreporter.write_line(line)
+    path = config.getoption("sockconf_report_json")
+    if path:
+        terminalreporter.write_line(f"  report: {path}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    results = _results(config)
+    if results is None:
+        return
+    if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR,
+                      pytest.ExitCode.INTERNAL_ERROR):
+        return
+    target = config.stash[TARGET_KEY]
+    strict = bool(config.getoption("sockconf_strict"))
+    path = config.getoption("sockconf_report_json")
+    if path:
+        rep.write_json(path, rep.to_json(results, target=target.describe(), strict=strict))
+    if not _records:
+        # A selection that ran no check must never look like a pass.
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+    elif rep.suite_failed(results) or exitstatus not in (0, 1):
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    else:
+        session.exitstatus = 0 if rep.conformant(results, strict) else 1

@@ -1,0 +1,49 @@
+"""Helpers of the project's own tests: the fixture manifest and running `sockconf`
+as a user would (a subprocess, the same entry point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "fixtures" / "hello"
+
+
+def hello_manifest() -> list[dict[str, Any]]:
+    return list(tomllib.loads((HELLO / "fixtures.toml").read_text())["fixture"])
+
+
+@dataclass
+class Checked:
+    rc: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any] | None
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        assert self.report is not None, f"no report (rc={self.rc}):\n{self.stdout}\n{self.stderr}"
+        return {c["id"]: c["verdict"] for c in self.report["clauses"]}
+
+    def explain(self) -> str:
+        return f"rc={self.rc}\n--- stdout ---\n{self.stdout[-6000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
+
+
+def sockconf(*args: str, tmp_path: Path, timeout: float = 600, report: bool = True,
+             env: dict[str, str] | None = None) -> Checked:
+    """Run `sockconf` (as `python -m conformance`, the same entry point) to its end."""
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "conformance", *args]
+    if report:
+        cmd += ["--report-json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+                         env={**os.environ, **(env or {})})
+    doc = json.loads(out.read_text()) if report and out.exists() else None
+    return Checked(res.returncode, res.stdout, res.stderr, doc)
