@@ -22,6 +22,7 @@ _RANK = {"pass": 0, "skip": 1, "not-testable": 2, "warn": 3, "fail": 4}
 
 @dataclass
 class TestRecord:
+    __test__ = False  # not a pytest test class
     nodeid: str
     clause: str
     outcome: str                 # pytest's: passed | failed | skipped | error

@@ -106,7 +106,16 @@ class Point:
         return tracing.Injection((self.syscall,), error, self.when)
 
 
-_points_cache: dict[tuple[object, ...], dict[str, Point]] = {}
+@dataclass(frozen=True)
+class Baseline:
+    """A traced normal run: where the lifecycle calls are, and what happened."""
+    points: dict[str, Point]
+    received: peers.Received | None = None   # server runs: what our client got
+    rc: int | None = None                    # exit status (None: still running, killed)
+    stdout: bytes = b""                      # client runs: what it printed
+
+
+_baselines: dict[tuple[object, ...], Baseline] = {}
 
 
 def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
@@ -181,32 +190,43 @@ def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
     return points
 
 
-def server_points(bed: Testbed) -> dict[str, Point]:
-    """Lifecycle-call ordinals of the server, from one traced normal run (cached
-    per target and transport for the worker's session)."""
+def server_baseline(bed: Testbed) -> Baseline:
+    """One traced normal run of the server (cached per target for the worker's
+    session): where its lifecycle calls are, and how a normal exchange ends."""
     bed.need_strace()
     transport = bed.primary(bed.server_program)
-    key = ("server", bed.target.file, bed.target.server, transport)
-    if key not in _points_cache:
+    key = ("server", repr(bed.target), transport)
+    if key not in _baselines:
         srv = bed.start_server(transport, trace=True, name="trace-server")
-        peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-        bed.stop(srv, 5.0)
+        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
+        rc = bed.stop(srv, 5.0)
         assert srv.trace_log is not None
-        _points_cache[key] = _fd_role_points(tracing.parse(srv.trace_log), "server")
-    return _points_cache[key]
+        points = _fd_role_points(tracing.parse(srv.trace_log), "server")
+        _baselines[key] = Baseline(points, got, rc)
+    return _baselines[key]
 
 
-def client_points(bed: Testbed) -> dict[str, Point]:
+def client_baseline(bed: Testbed) -> Baseline:
+    """One traced normal run of the client against a correct peer (tcp4)."""
     bed.need_strace()
-    transport = bed.primary(bed.client_program)
-    key = ("client", bed.target.file, bed.target.client, transport)
-    if key not in _points_cache:
-        with peers.PeerServer(peers.greet(), transport if transport != "unix" else "tcp4") as peer:
+    bed.require_transport(bed.client_program, "tcp4")
+    key = ("client", repr(bed.target))
+    if key not in _baselines:
+        with peers.PeerServer(peers.greet()) as peer:
             run = bed.run(bed.client_argv("tcp4", peer.port), trace=True, name="trace-client")
             peer.wait(5.0)
         assert run.trace_log is not None
-        _points_cache[key] = _fd_role_points(tracing.parse(run.trace_log), "client")
-    return _points_cache[key]
+        points = _fd_role_points(tracing.parse(run.trace_log), "client")
+        _baselines[key] = Baseline(points, None, run.rc, run.stdout)
+    return _baselines[key]
+
+
+def server_points(bed: Testbed) -> dict[str, Point]:
+    return server_baseline(bed).points
+
+
+def client_points(bed: Testbed) -> dict[str, Point]:
+    return client_baseline(bed).points
 
 
 def point(points: dict[str, Point], step: str, who: str) -> Point:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from conformance.clauses import clause
 from conformance.harness import peers
 from conformance.harness import trace as tracing
 from conformance.harness.inspect import listening
+from conformance.harness.process import describe_status
 from conformance.harness.testbed import Server, Testbed, Violation, lines
 
 
@@ -103,12 +105,32 @@ def test_server_socket_emfile(bed: Testbed) -> None:
     _expect_injected_failure(bed, srv, "socket() error", "socket() failed with EMFILE")
 
 
+def _accept_failing(bed: Testbed, errno_: str) -> tuple[Server, socket.socket | None]:
+    """A server whose first accept()/accept4() fails with `errno_`, and a client
+    connection to make it call accept (an event loop only accepts when poll()
+    reports a pending connection).  The caller closes the client socket."""
+    bed.need_strace()
+    srv = bed.start_server(injections=[tracing.Injection(("accept", "accept4"), errno_, 1)],
+                           ready=False, name=f"server-accept-{errno_}")
+    # A blocking accept() fails at once (the injected call never waits), so the
+    # server may be gone before it is seen listening: both are fine here.
+    what, _ = bed.exit_or_listen(srv.proc, bed.server_program.startup_timeout)
+    if what != "listen":
+        return srv, None
+    try:
+        return srv, peers.connect(srv.transport, srv.port, srv.path, timeout=2.0)
+    except OSError:
+        return srv, None
+
+
 @clause("ERR-4")
 def test_server_accept_emfile(bed: Testbed) -> None:
-    bed.need_strace()
-    srv = bed.start_server(injections=[tracing.Injection(("accept", "accept4"), "EMFILE", 1)],
-                           ready=False, name="server-emfile")
-    _expect_injected_failure(bed, srv, "accept() error", "accept() failed with EMFILE")
+    srv, client = _accept_failing(bed, "EMFILE")
+    try:
+        _expect_injected_failure(bed, srv, "accept() error", "accept() failed with EMFILE")
+    finally:
+        if client is not None:
+            client.close()
 
 
 @clause("ERR-4")
@@ -133,11 +155,17 @@ def _stdout_clean(run: support.ClientRun, scenario: str) -> None:
 @pytest.mark.parametrize("step,errno_", [("socket", "EACCES"), ("bind", "EACCES"),
                                          ("listen", "EOPNOTSUPP"), ("accept", "ENOMEM")])
 def test_server_errors_not_on_stdout(bed: Testbed, step: str, errno_: str) -> None:
-    p = support.point(support.server_points(bed), step, "server")
-    inj = (tracing.Injection(("accept", "accept4"), errno_, 1) if step == "accept"
-           else p.injection(errno_))
-    srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
-    _stdout_clean(_server_run(bed, srv, 3.0), f"{step}() failed with {errno_}")
+    client = None
+    if step == "accept":
+        srv, client = _accept_failing(bed, errno_)
+    else:
+        inj = support.point(support.server_points(bed), step, "server").injection(errno_)
+        srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
+    try:
+        _stdout_clean(_server_run(bed, srv, 3.0), f"{step}() failed with {errno_}")
+    finally:
+        if client is not None:
+            client.close()
 
 
 @clause("ERR-5")
@@ -183,10 +211,10 @@ def test_no_sigpipe_death(bed: Testbed, read_first: int) -> None:
     rc = srv.proc.wait(5.0)
     if rc is not None and rc < 0:
         raise Violation(f"peer reset the connection: server {srv.proc.status()}")
-    if rc is None:
-        raise Violation("peer reset the connection: the one-shot server did not end within 5 s")
-    if rc not in (0, 1):
+    if rc is not None and rc not in (0, 1):
         raise Violation(f"peer reset the connection: server {srv.proc.status()} (expected 0 or 1)")
+    # Still running 5 s later: it survived the reset (whether a one-shot server
+    # must exit by then is LIFE-3's concern, not this clause's).
 
 
 # -- ERR-7 ------------------------------------------------------------------------------------
@@ -198,13 +226,17 @@ SERVER_FAULTS = [("socket", "EACCES", "socket() error"), ("bind", "EACCES", "bin
 @clause("ERR-7")
 @pytest.mark.parametrize("step,errno_,message", SERVER_FAULTS, ids=[s for s, _, _ in SERVER_FAULTS])
 def test_server_fault_injection(bed: Testbed, step: str, errno_: str, message: str) -> None:
+    client = None
     if step == "accept":
-        bed.need_strace()
-        inj = tracing.Injection(("accept", "accept4"), errno_, 1)
+        srv, client = _accept_failing(bed, errno_)
     else:
         inj = support.point(support.server_points(bed), step, "server").injection(errno_)
-    srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
-    _expect_injected_failure(bed, srv, message, f"{step}() failed with {errno_}")
+        srv = bed.start_server(injections=[inj], ready=False, name=f"server-{step}")
+    try:
+        _expect_injected_failure(bed, srv, message, f"{step}() failed with {errno_}")
+    finally:
+        if client is not None:
+            client.close()
 
 
 CLIENT_FAULTS = [("socket", "EACCES", "socket() error"),
@@ -230,27 +262,32 @@ def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: s
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["accept", "read", "write"])
 def test_server_eintr_retried(bed: Testbed, step: str) -> None:
+    base = support.server_baseline(bed)
     if step == "accept":
-        bed.need_strace()
         inj = tracing.Injection(("accept", "accept4"), "EINTR", 1)
     else:
-        inj = support.point(support.server_points(bed), step, "server").injection("EINTR")
+        inj = support.point(base.points, step, "server").injection("EINTR")
     srv = bed.start_server(injections=[inj], name=f"server-eintr-{step}")
     got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
     rc = srv.proc.wait(5.0)
-    if got.data != support.GREETING or got.end != "fin":
-        raise Violation(f"EINTR in {step}(): the client got {got.describe()} "
-                        f"(server {srv.proc.status()}, stderr {srv.proc.stderr()[:120]!r})")
-    if rc != 0:
-        raise Violation(f"EINTR in {step}(): greeting served but server {srv.proc.status()}, "
-                        f"stderr {srv.proc.stderr()[:120]!r}")
+    # "Retried" means: the exchange goes exactly as it does without the EINTR.
+    assert base.received is not None
+    if got.data != base.received.data or got.end != base.received.end:
+        raise Violation(f"EINTR in {step}(): the client got {got.describe()}; without it "
+                        f"{base.received.describe()} (server {srv.proc.status()}, "
+                        f"stderr {srv.proc.stderr()[:120]!r})")
+    if rc != base.rc:
+        raise Violation(f"EINTR in {step}(): server {srv.proc.status()} where a normal run ends "
+                        f"with {describe_status(base.rc)}; stderr {srv.proc.stderr()[:120]!r}")
 
 
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["connect", "read"])
 def test_client_eintr_retried(bed: Testbed, step: str) -> None:
-    p = support.point(support.client_points(bed), step, "client")
+    base = support.client_baseline(bed)
+    p = support.point(base.points, step, "client")
     with peers.PeerServer(peers.greet(), "tcp4") as peer:
         run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection("EINTR")])
-    if run.rc != 0 or run.stdout != support.CLIENT_OUTPUT:
-        raise Violation(f"EINTR in {step}(): {run.describe()}")
+    if run.rc != base.rc or run.stdout != base.stdout:
+        raise Violation(f"EINTR in {step}(): {run.describe()}; without it: "
+                        f"{describe_status(base.rc)}, stdout {base.stdout[:80]!r}")

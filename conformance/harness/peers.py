@@ -249,7 +249,9 @@ def cut_short(nbytes: int, *, reset: bool) -> Behaviour:
     def run(conn: socket.socket, log: PeerLog) -> None:
         if nbytes:
             conn.sendall(GREETING[:nbytes])
-            time.sleep(0.05)  # let the partial greeting reach the client on its own
+            # A moment for the partial greeting to travel on its own, far shorter
+            # than any read timeout a client might (wrongly) frame messages with.
+            time.sleep(0.005)
         if reset:
             set_linger_abort(conn)
         else:

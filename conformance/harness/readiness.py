@@ -123,7 +123,10 @@ def wait_listening(
         status = exited()
         if status is not None:
             raise NotReady(f"{_ended(status)} before listening", _detail(status, stderr_tail()))
-        raise _timed_out(tree, probe, timeout, stderr_tail())
+        late = _last_look(tree, probe, start)
+        if isinstance(late, Listener):
+            return late
+        raise _timed_out(late, probe, timeout, stderr_tail())
     finally:
         probe.close()
 
@@ -150,14 +153,17 @@ def _detail(status: int | None, tail: str) -> str:
     return "\n".join(lines)
 
 
-def _timed_out(tree: _Tree, probe: _Probe, timeout: float, tail: str) -> NotReady:
-    owners = _owners(tree.pids())
-    seen = _entries_for(owners, KINDS)
+def _last_look(tree: _Tree, probe: _Probe, start: float) -> Listener | list[SockEntry]:
+    """At the deadline: every socket of the tree (for the message), or the Listener if
+    the target started listening in the last moment (within a poll interval)."""
+    seen = _entries_for(_owners(tree.pids()), KINDS)
     hit = probe.match_any(seen)
-    if hit is not None:  # started listening right at the deadline: still too late
-        return NotReady(
-            f"listening only after the {timeout:.1f} s startup timeout", _detail(None, tail)
-        )
+    if hit is not None and hit.pid is not None and hit.fd is not None:
+        return Listener(entry=hit, pid=hit.pid, fd=hit.fd, elapsed_s=time.monotonic() - start)
+    return seen
+
+
+def _timed_out(seen: list[SockEntry], probe: _Probe, timeout: float, tail: str) -> NotReady:
     udp = probe.transport.startswith("udp")
     others = [
         e
@@ -196,8 +202,9 @@ class _Tree:
     A process's parent is read once, when it is first seen.  New processes are found
     through /proc/sys/kernel/ns_last_pid (the last pid handed out): while it does not
     move, nothing new exists and the tree is not rescanned at all; when it moves, only
-    the new pids are looked at.  A full /proc listing is made only on the first call,
-    after a pid wrap-around, or when too many pids went by.  Lineage is remembered,
+    the new pids are looked at (on the first call: those from the root's pid on).
+    /proc is listed in full only after a pid wrap-around, when too many pids went by,
+    or where ns_last_pid cannot be read.  Lineage is remembered,
     so a process whose parent exited (a daemonizing server) stays in the tree."""
 
     RESCAN_LIMIT = 256  # more new pids than this since the last poll: list /proc instead

@@ -75,6 +75,7 @@ class ClientRun:
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class
     target: Target
     isolation: Isolation
     workdir: Path

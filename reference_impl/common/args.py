@@ -84,7 +84,9 @@ def parse_host(text: str) -> tuple[int, str]:
 OptionTable = Mapping[str, Sequence[tuple[str, Callable[[str], object]]]]
 
 
-def scan(args: Sequence[str], table: OptionTable) -> tuple[list[str], dict[str, tuple[object, ...]]]:
+def scan(
+    args: Sequence[str], table: OptionTable
+) -> tuple[list[str], dict[str, tuple[object, ...]]]:
     """Split ``args`` (argv without argv[0]) into positionals and parsed options.
 
     Returns ``(positionals, {"--name": (value, ...)})``; a flag without values maps

@@ -25,7 +25,9 @@ _RECV_SIZE = 4096  # more than 13, so a server sending extra bytes at once is no
 _CONNECT_ATTEMPTS = 5
 
 
-def parse_command_line(argv: list[str]) -> tuple[int, str | tuple[str, int] | tuple[str, int, int, int]]:
+def parse_command_line(
+    argv: list[str],
+) -> tuple[int, str | tuple[str, int] | tuple[str, int, int, int]]:
     """(family, address) from argv, or exit: usage on stdout / bad value on stderr."""
     argv0 = argv[0] if argv else PROG
     try:
@@ -49,13 +51,19 @@ def parse_command_line(argv: list[str]) -> tuple[int, str | tuple[str, int] | tu
     return family, (host, port)
 
 
-def _connect(sock: socket.socket, address: str | tuple[str, int] | tuple[str, int, int, int]) -> None:
+def _connect(
+    sock: socket.socket, address: str | tuple[str, int] | tuple[str, int, int, int]
+) -> None:
     """connect(), robust against an interrupted connect() (ERR-8).
 
     When connect() fails with EINTR, CPython waits for the connection with poll()
-    and reads SO_ERROR (the kernel keeps connecting).  If the interrupted call never
-    reached the kernel (an injected fault), that wait wrongly looks like success on
-    a socket that is not connected; getpeername() tells, and connect() is retried.
+    and reads SO_ERROR, because the kernel keeps connecting.  If the interrupted
+    call never reached the kernel (a fault injected with ``strace --inject``), that
+    wait wrongly looks like success on a socket that is not connected at all.  So
+    after connect() returns, getpeername() checks; ENOTCONN with no pending socket
+    error (SO_ERROR 0) means "never connected" and connect() is called again.  A
+    pending error instead means the peer already reset the connection: that is the
+    read step's business (``read() error!``), so no retry then.
     """
     for _ in range(_CONNECT_ATTEMPTS):
         sock.connect(address)
@@ -64,7 +72,8 @@ def _connect(sock: socket.socket, address: str | tuple[str, int] | tuple[str, in
         try:
             sock.getpeername()
         except OSError:
-            continue
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                continue
         return
     raise OSError("connect() did not connect")
 

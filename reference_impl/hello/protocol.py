@@ -117,7 +117,7 @@ class ServerState(enum.Enum):
 class HelloServerConnection:
     """The server side of one hello connection, from accept() to close().
 
-    SEND_GREETING --all 13 bytes sent--> SHUTDOWN_WR --shutdown done/failed--> DRAIN
+    SEND_GREETING --all 13 bytes sent--> SHUTDOWN_WR --shutdown done or failed--> DRAIN
     --EOF / read error / deadline--> CLOSE --closed--> CLOSED.
     A failed send goes straight to CLOSE with ``write_failed`` set (the driver then
     exits with ``write() error``).  Bytes received while draining are discarded
@@ -168,9 +168,11 @@ class HelloServerConnection:
         self.state = ServerState.DRAIN
 
     def shutdown_failed(self) -> None:
-        """shutdown() failed (e.g. the peer already reset): nothing left to drain."""
+        """shutdown() failed.  Drain anyway: if the peer is gone the first read ends
+        the drain at once; if it is not, close() will send the FIN, and unread bytes
+        must not turn it into a RST."""
         self._expect(ServerState.SHUTDOWN_WR, "shutdown_failed()")
-        self.state = ServerState.CLOSE
+        self.state = ServerState.DRAIN
 
     # DRAIN
     def received(self, data: bytes) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import stat
 import sys
@@ -117,9 +118,11 @@ def _close(sock: socket.socket | None) -> None:
             pass
 
 
-def _install_sigterm_cleanup(unix_path: _UnixPath) -> None:
-    """With --unix: on SIGTERM remove the socket file, then die by SIGTERM as usual."""
-    import signal
+def _install_sigterm_cleanup(unix_path: _UnixPath) -> object:
+    """With --unix: on SIGTERM remove the socket file, then die by SIGTERM as usual.
+
+    Returns the previous handler (for ``_restore_sigterm``), or None if unchanged.
+    """
 
     def on_sigterm(signum: int, frame: object) -> None:
         unix_path.remove()
@@ -127,8 +130,18 @@ def _install_sigterm_cleanup(unix_path: _UnixPath) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     try:
-        signal.signal(signal.SIGTERM, on_sigterm)
+        return signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread (in-process use): keep the default
+        return None
+
+
+def _restore_sigterm(previous: object) -> None:
+    """Put back the SIGTERM handler (matters only when main() runs in-process)."""
+    if previous is None:
+        return
+    try:
+        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
         pass
 
 
@@ -165,12 +178,14 @@ def serve(opts: ServerOptions, port: int) -> int:
 
     listener: socket.socket | None = None
     conn: socket.socket | None = None
+    previous_sigterm: object = None
 
     def fail(msg: str) -> NoReturn:
         _close(conn)
         _close(listener)
         if unix_path is not None:
             unix_path.remove()
+            _restore_sigterm(previous_sigterm)
         error_handling(msg)
 
     try:
@@ -188,7 +203,7 @@ def serve(opts: ServerOptions, port: int) -> int:
         fail("bind() error")
     if unix_path is not None:
         unix_path.bound()
-        _install_sigterm_cleanup(unix_path)
+        previous_sigterm = _install_sigterm_cleanup(unix_path)
     try:
         listener.listen(opts.backlog)
     except OSError:
@@ -220,9 +235,9 @@ def serve(opts: ServerOptions, port: int) -> int:
                 state.shutdown_failed()
             else:
                 state.shutdown_done()
-                deadline = monotonic() + DRAIN_TIMEOUT
-                poller = select.poll()
-                poller.register(conn.fileno(), select.POLLIN)
+            deadline = monotonic() + DRAIN_TIMEOUT
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
         elif action is Action.DRAIN:
             assert poller is not None
             remaining = deadline - monotonic()
@@ -254,6 +269,7 @@ def serve(opts: ServerOptions, port: int) -> int:
     listener.close()
     if unix_path is not None:
         unix_path.remove()
+        _restore_sigterm(previous_sigterm)
     return 0
 
 

@@ -1,0 +1,759 @@
+"""conformance.harness.trace against reality: small C programs (tests/harness/data)
+and CPython scripts run under strace with real sockets on 127.0.0.1, plus parser
+tests on hand-written logs for what is hard to provoke."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conformance.harness import trace
+from conformance.harness.trace import Injection
+
+DATA = Path(__file__).parent / "data"
+GREETING = b"Hello World!\0"
+CLIENT_OUT = b"Message from server: Hello World! \n"
+TIMEOUT = 10.0
+
+needs_strace = pytest.mark.skipif(trace.strace_path() is None, reason=trace.STRACE_HINT)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cbin(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """Compile tests/harness/data/NAME.c on first use; skip when there is no cc."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc)")
+    out = tmp_path_factory.mktemp("cbin")
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            exe = out / name
+            subprocess.run([cc, "-O1", "-Wall", "-pthread", "-o", str(exe), str(DATA / f"{name}.c")],
+                           check=True, timeout=60)
+            built[name] = str(exe)
+        return built[name]
+
+    return get
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def _tcp_listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 3 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def _unix_listening(path: str) -> bool:
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 8 and f[7] == path and int(f[3], 16) & 0x10000:
+            return True
+    return False
+
+
+def wait_listening(proc: subprocess.Popen[bytes], *, port: int | None = None,
+                   path: str | None = None, timeout: float = TIMEOUT) -> None:
+    """Passive readiness: poll /proc/net (never a probe connection)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (_unix_listening(path) if path else _tcp_listening(port or 0)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited ({proc.returncode}) before listening: "
+                                 f"{proc.stderr.read() if proc.stderr else b''!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError("server not listening in time")
+        time.sleep(0.01)
+
+
+@contextmanager
+def traced(argv: Sequence[str], log: Path, injections: Sequence[Injection] = ()
+           ) -> Iterator[subprocess.Popen[bytes]]:
+    """argv under strace in its own process group, killed (group) on the way out."""
+    proc = subprocess.Popen(trace.strace_argv(list(argv), log, injections),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+
+
+def run_traced(argv: Sequence[str], log: Path, injections: Sequence[Injection] = ()
+               ) -> tuple[int, bytes, bytes]:
+    with traced(argv, log, injections) as proc:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out, err
+
+
+def greet(port: int | None = None, path: str | None = None, *, send: bytes = b"") -> bytes:
+    """Connect, read until EOF or the whole greeting, then close gracefully."""
+    if path:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(TIMEOUT)
+        s.connect(path)
+    else:
+        s = socket.create_connection(("127.0.0.1", port or 0), timeout=TIMEOUT)
+    with s:
+        if send:
+            s.sendall(send)
+        data = b""
+        while len(data) < len(GREETING):
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(64):
+            pass
+    return data
+
+
+def serve_and_trace(argv: Sequence[str], log: Path, port: int | None = None,
+                    path: str | None = None, injections: Sequence[Injection] = (),
+                    clients: int = 1) -> tuple[int, list[bytes], bytes, trace.Trace]:
+    """Start a traced server, fetch `clients` greetings, wait for its exit."""
+    with traced(argv, log, injections) as proc:
+        wait_listening(proc, port=port, path=path)
+        got = [greet(port, path) for _ in range(clients)]
+        _, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, got, err, trace.parse(log)
+
+
+class Peer:
+    """A well-behaved hello server for clients under test (not traced)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.sock.settimeout(TIMEOUT)
+        self.port = int(self.sock.getsockname()[1])
+        self.received = b""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(TIMEOUT)
+            try:
+                conn.sendall(GREETING)
+                conn.shutdown(socket.SHUT_WR)
+                while chunk := conn.recv(64):
+                    self.received += chunk
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:  # wakes an accept() still waiting in the thread (close() alone does not)
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(TIMEOUT)
+
+
+@contextmanager
+def peer() -> Iterator[Peer]:
+    p = Peer()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+# -- parsing hand-written logs -------------------------------------------------------------
+
+SPLIT_LOG = """\
+100   socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[11]>
+100   setsockopt(3<socket:[11]>, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
+100   bind(3<socket:[11]>, {sa_family=AF_INET, sin_port=htons(5000), sin_addr=inet_addr("0.0.0.0")}, 16) = 0
+100   listen(3<socket:[11]>, 5)     = 0
+100   clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM, child_tid=0x7f, parent_tid=0x7f, exit_signal=0, stack=0x7f, stack_size=0x7fff80, tls=0x7f} <unfinished ...>
+101   accept(3<socket:[11]>, NULL, NULL <unfinished ...>
+100   <... clone3 resumed> => {parent_tid=[101]}, 88) = 101
+100   write(1</dev/pts/0>, "a) = \\"x\\" <y>", 12) = 12
+101   <... accept resumed>)         = 4<socket:[12]>
+101   write(4<socket:[12]>, "Hello World!\\0", 13) = -1 EINTR (Interrupted system call) (INJECTED)
+101   write(4<socket:[12]>, "Hello World!\\0", 13) = 13
+101   close(4<socket:[12]>)         = 0
+101   accept(3<socket:[11]>, NULL, NULL) = ? ERESTARTSYS (To be restarted if SA_RESTART is set)
+101   --- SIGPIPE {si_signo=SIGPIPE, si_code=SI_USER, si_pid=101, si_uid=0} ---
+101   fcntl(3<socket:[11]>, F_GETFL) = 0x2 (flags O_RDWR)
+101   exit(0)                       = ?
+101   +++ exited with 0 +++
+100   close(3<socket:[11]>)         = 0
+100   exit_group(0)                 = ?
+100   +++ exited with 0 +++
+"""
+
+
+def test_parse_split_calls_threads_and_results() -> None:
+    t = trace.parse_text(SPLIT_LOG)
+    assert t.unparsed == []
+    assert t.exits == {101: 0, 100: 0} and t.killed == {}
+    assert t.parents == {101: 100} and t.threads == {101} and t.shares_fds == {101}
+    assert [s.name for s in t.signals] == ["SIGPIPE"]
+    acc = t.calls[[c.name for c in t.calls].index("accept")]
+    assert (acc.pid, acc.line, acc.end_line, acc.fd, acc.ret, acc.sock, acc.ret_inode) == \
+        (101, 6, 9, 3, 4, True, 12)
+    # the calls are in order of completion: the clone3 (line 5-7) before the accept (6-9)
+    assert [c.name for c in t.calls][:6] == ["socket", "setsockopt", "bind", "listen", "clone3",
+                                            "write"]
+    out = t.calls[5]
+    assert out.fd == 1 and not out.sock and out.ret == 12 and out.arglist[1] == '"a) = \\"x\\" <y>"'
+    w1, w2 = calls = trace.calls_named(t, "write")[1:]
+    assert (w1.errno, w1.injected, w1.ret) == ("EINTR", True, -1)
+    assert (w2.errno, w2.injected, w2.ret) == (None, False, 13)
+    assert all(c.sock and c.inode == 12 for c in calls)
+    restarted = trace.calls_named(t, "accept")[1]
+    assert restarted.ret is None and restarted.errno == "ERESTARTSYS"
+    assert trace.calls_named(t, "fcntl")[0].ret == 2
+    assert trace.injected_calls(t) == [w1]
+    assert trace.ordinal(t, "write", lambda c: c.sock and not c.injected) == 2  # per pid
+    assert trace.ordinal(t, "write", lambda c: c.fd == 1) == 1
+    assert trace.ordinal(t, "accept", lambda c: c.ret is None) == 2
+    assert trace.ordinal(t, "listen", lambda c: False) is None
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+
+
+def test_parse_other_formats() -> None:
+    """-yy decorations, "[pid N]" prefixes, timestamps, -qq (no "+++ exited"),
+    killed tasks and a call cut by the end of the log."""
+    log = textwrap.dedent("""\
+        [pid  7] 12:00:00.000001 socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0) = 3<UNIX-STREAM:[55]>
+        [pid  7] 12:00:00.000002 bind(3<UNIX-STREAM:[55]>, {sa_family=AF_UNIX, sun_path="/tmp/s"}, 110) = 0
+        [pid  7] 12:00:00.000003 listen(3<UNIX-STREAM:[55,"/tmp/s"]>, 5) = 0
+        [pid  7] 12:00:00.000004 accept4(3<UNIX-STREAM:[55,"/tmp/s"]>, NULL, NULL, SOCK_CLOEXEC) = 4<UNIX-STREAM:[56->57,"/tmp/s"]>
+        [pid  7] 12:00:00.000005 sendto(4<UNIX-STREAM:[56->57,"/tmp/s"]>, "Hi", 2, 0, NULL, 0) = 2
+        [pid  7] 12:00:00.000006 close(4<UNIX-STREAM:[56->57,"/tmp/s"]>) = 0
+        [pid  7] 12:00:00.000007 close(3<UNIX-STREAM:[55,"/tmp/s"]>) = 0
+        [pid  7] 12:00:00.000008 exit_group(0) = ?
+        8     socket(AF_INET6, SOCK_STREAM, IPPROTO_IP) = 3<TCPv6:[70]>
+        8     connect(3<TCPv6:[70]>, {sa_family=AF_INET6, sin6_port=htons(1)}, 28) = 0
+        8     read(3<TCPv6:[[::1]:40000->[::1]:1]>, "x", 1) = 1
+        8     +++ killed by SIGTERM +++
+        9     read(0</dev/null>,  <unfinished ...>
+        """)
+    t = trace.parse_text(log)
+    assert t.unparsed == []
+    assert t.exits == {7: 0, 8: None} and t.killed == {8: "SIGTERM"}
+    acc = trace.calls_named(t, "accept4")[0]
+    assert (acc.fd, acc.inode, acc.ret, acc.ret_inode, acc.sock) == (3, 55, 4, 56, True)
+    rd = trace.calls_named(t, "read")
+    assert rd[0].sock and rd[0].fd == 3 and rd[0].inode is None
+    assert not rd[1].finished and rd[1].fd == 0 and not rd[1].sock
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+    assert [len(trace.socket_calls(t)), t.root_pid] == [2, 7]
+
+
+def test_parse_without_y_tracks_sockets() -> None:
+    log = textwrap.dedent("""\
+        5 socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3
+        5 dup2(3, 7) = 7
+        5 close(3) = 0
+        5 connect(7, {sa_family=AF_INET}, 16) = 0
+        5 read(7, "x", 1) = 1
+        5 read(0, "", 1) = 0
+        5 close(7) = 0
+        5 exit_group(0) = ?
+        """)
+    t = trace.parse_text(log)
+    assert [(c.name, c.sock) for c in t.calls] == [
+        ("socket", True), ("dup2", True), ("close", True), ("connect", True), ("read", True),
+        ("read", False), ("close", True), ("exit_group", False)]
+    assert t.exits == {5: 0}  # from exit_group: -qq hides "+++ exited"
+    assert trace.lifecycle_violations(t, "client", complete=True) == []
+
+
+def _lines(*calls: str, pid: int = 9) -> str:
+    return "".join(f"{pid} {c}\n" for c in calls)
+
+
+SRV = ("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+       "bind(3<socket:[1]>, {sa_family=AF_INET}, 16) = 0",
+       "listen(3<socket:[1]>, 5) = 0",
+       "accept(3<socket:[1]>, NULL, NULL) = 4<socket:[2]>")
+
+
+@pytest.mark.parametrize(("calls", "role", "complete", "expected"), [
+    pytest.param(("bind(3, {sa_family=AF_INET}, 16) = -1 EBADF (Bad file descriptor)", *SRV,
+                  "close(4<socket:[2]>) = 0", "close(3<socket:[1]>) = 0", "exit_group(0) = ?"),
+                 "server", True, ["line 1: bind(3) on a descriptor that is not a socket"],
+                 id="bind-before-socket"),
+    pytest.param((*SRV, "close(4<socket:[2]>) = 0", "write(4, \"x\", 1) = -1 EBADF (Bad file descriptor)",
+                  "close(3<socket:[1]>) = 0"),
+                 "server", True, ["line 6: write(4) after the accepted connection 4 was closed (line 5)"],
+                 id="write-after-close"),
+    pytest.param((*SRV, "dup2(4<socket:[2]>, 9) = 9<socket:[2]>", "close(4<socket:[2]>) = 0",
+                  "close_range(3, 4294967295, 0) = 0", "exit_group(0) = ?"),
+                 "server", True,
+                 ["line 7: close(3) of the listener before the accepted connection 9 was closed"],
+                 id="close_range-before-dup"),
+    pytest.param((*SRV, "--- SIGTERM {si_signo=SIGTERM, si_code=SI_USER, si_pid=1, si_uid=0} ---",
+                  "close(3<socket:[1]>) = 0", "exit_group(0) = ?"),
+                 "server", True, [], id="sigterm-handler-closes-anyhow"),
+    pytest.param((*SRV, "exit_group(0) = ?"), "server", False, [], id="killed-incomplete"),
+    pytest.param((*SRV, "write(2</dev/null>, \"x\", 1) = 1", "exit_group(1) = ?"), "server", True, [],
+                 id="error-exit-1-not-held"),
+    pytest.param((*SRV, "exit_group(0) = ?"), "server", True,
+                  ["line 5: exit with the listening socket 3 never closed",
+                   "line 5: exit with the accepted connection 4 never closed"], id="exit-0-no-close"),
+    pytest.param(("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+                  "accept(3<socket:[1]>, NULL, NULL) = -1 EINVAL (Invalid argument)"),
+                 "server", False, ["line 2: accept(3) on a socket that is not listening"],
+                 id="accept-not-listening"),
+    pytest.param(("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+                  "bind(3<socket:[1]>, {sa_family=AF_INET}, 16) = 0",
+                  "connect(3<socket:[1]>, {sa_family=AF_INET}, 16) = 0",
+                  "sendto(3<socket:[1]>, \"x\", 1, 0, NULL, 0) = 1", "close(3<socket:[1]>) = 0",
+                  "exit_group(0) = ?"),
+                 "client", True, [], id="client-bind-is-cli4s-business"),
+    pytest.param(("socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE) = 5<socket:[8]>",
+                  "bind(5<socket:[8]>, {sa_family=AF_NETLINK}, 12) = 0",
+                  "sendto(5<socket:[8]>, \"x\", 1, 0, NULL, 0) = 1",
+                  "recvmsg(5<socket:[8]>, {msg_name=NULL}, 0) = 20",
+                  "socket(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0) = 6<socket:[9]>",
+                  "sendto(6<socket:[9]>, \"log\", 3, MSG_NOSIGNAL, NULL, 0) = 3",
+                  "close(5<socket:[8]>) = 0", "exit_group(0) = ?"),
+                 "server", True, [], id="datagram-helpers-free"),
+])
+def test_lifecycle_on_written_logs(calls: tuple[str, ...], role: str, complete: bool,
+                                   expected: list[str]) -> None:
+    got = trace.lifecycle_violations(trace.parse_text(_lines(*calls)), role,  # type: ignore[arg-type]
+                                     complete=complete)
+    assert len(got) == len(expected), got
+    for g, e in zip(got, expected, strict=True):
+        assert g.startswith(e), (g, e)
+
+
+def test_fd_reuse_across_threads_in_completion_order() -> None:
+    """Task 9 blocks in accept while its thread 12 closes connection 4; accept then
+    returns a new connection on the reused number 4: the model must see them in
+    the order they completed, not the order they started."""
+    log = _lines(*SRV) + (
+        "9 clone3({flags=CLONE_VM|CLONE_FILES|CLONE_THREAD}, 88) = 12\n"
+        "9 accept(3<socket:[1]>, NULL, NULL <unfinished ...>\n"
+        "12 write(4<socket:[2]>, \"x\", 1) = 1\n"
+        "12 close(4<socket:[2]>) = 0\n"
+        "9 <... accept resumed>) = 4<socket:[3]>\n"
+        "12 exit(0) = ?\n"
+        "9 read(4<socket:[3]>, \"\", 9) = 0\n"
+        "9 close(4<socket:[3]>) = 0\n"
+        "9 close(3<socket:[1]>) = 0\n"
+        "9 exit_group(0) = ?\n")
+    assert trace.lifecycle_violations(trace.parse_text(log), "server", complete=True) == []
+    bad = log.replace("9 close(4<socket:[3]>) = 0\n", "")
+    assert trace.lifecycle_violations(trace.parse_text(bad), "server", complete=True) == [
+        "line 12: close(3) of the listener before the accepted connection 4 was closed",
+        "line 13: exit with the accepted connection 4 never closed (no close() before exit)"]
+
+
+def test_injection_and_argv() -> None:
+    inj = Injection(("accept", "accept4"), "EMFILE")
+    assert inj.strace_arg() == "inject=accept,accept4:error=EMFILE:when=1"
+    assert Injection(("read",), "EINTR", 3).strace_arg() == "inject=read:error=EINTR:when=3"
+    for bad in [dict(syscalls=(), error="EINTR"), dict(syscalls=("read",), error="eintr"),
+                dict(syscalls=("read",), error="EINTR", when=0)]:
+        with pytest.raises(ValueError):
+            Injection(**bad)  # type: ignore[arg-type]
+    argv = trace.strace_argv(["./srv", "5000"], Path("/tmp/x.log"),
+                             [inj, Injection(("getpid",), "EPERM", 2)], strace="/usr/bin/strace")
+    assert argv[:8] == ["/usr/bin/strace", "-f", "-q", "-y", "-s", "64", "-o", "/tmp/x.log"]
+    traced_set = argv[argv.index("-e") + 1]
+    assert traced_set.startswith("trace=socket,") and traced_set.endswith(",getpid")
+    assert argv[-5:] == ["-e", "inject=getpid:error=EPERM:when=2", "--", "./srv", "5000"]
+    assert "inject=accept,accept4:error=EMFILE:when=1" in argv
+
+
+# -- real runs: LIFE-0 ----------------------------------------------------------------------
+
+
+@needs_strace
+def test_correct_server_and_client(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    port = free_port()
+    slog, clog = tmp_path / "srv.log", tmp_path / "cli.log"
+    with traced([cbin("lc_server"), str(port)], slog) as srv:
+        wait_listening(srv, port=port)
+        rc, out, err = run_traced([cbin("lc_client"), "127.0.0.1", str(port)], clog)
+        srv.communicate(timeout=TIMEOUT)
+    assert (rc, out, srv.returncode) == (0, CLIENT_OUT, 0)
+    st, ct = trace.parse(slog), trace.parse(clog)
+    assert trace.lifecycle_violations(st, "server", complete=True) == []
+    assert trace.lifecycle_violations(ct, "client", complete=True) == []
+    assert [c.name for c in st.calls if c.sock] == [
+        "socket", "setsockopt", "bind", "listen", "accept", "write", "close", "close"]
+    assert [c.name for c in ct.calls if c.sock] == ["socket", "connect", "read", "close"]
+    assert st.exits == {st.root_pid: 0}
+    # and the roles are not interchangeable
+    assert any("in a client" in v for v in trace.lifecycle_violations(st, "client", complete=True))
+
+
+SERVER_CASES = [
+    ("ok", True, []),
+    ("drain", True, []),
+    ("dup2", True, []),
+    ("no-close", False, []),
+    ("close-listener-first", True,
+     ["close(3) of the listener before the accepted connection 4 was closed"]),
+    ("write-listener", True, ["write(3) on the listening socket"]),
+    ("write-dup-listener", True, ["write(5) on the listening socket"]),
+    ("no-close", True, ["exit with the accepted connection 4 never closed",
+                        "exit with the listening socket 3 never closed"]),
+    ("setsockopt-after-bind", True,
+     ["setsockopt(3, SOL_SOCKET, SO_REUSEADDR) on the listening socket after bind()"]),
+    ("bind-before-socket", True, ["bind(7) on a descriptor that is not a socket"]),
+]
+
+
+@needs_strace
+@pytest.mark.parametrize(("variant", "complete", "expected"), SERVER_CASES,
+                         ids=[f"{v}-{'complete' if c else 'killed'}" for v, c, _ in SERVER_CASES])
+def test_server_variants(cbin: Callable[[str], str], tmp_path: Path, variant: str,
+                         complete: bool, expected: list[str]) -> None:
+    port = free_port()
+    rc, got, err, t = serve_and_trace([cbin("lc_server"), str(port), variant],
+                                      tmp_path / "srv.log", port)
+    assert rc == 0 and got == [GREETING], err
+    found = trace.lifecycle_violations(t, "server", complete=complete)
+    assert len(found) == len(expected), found
+    for f, e in zip(sorted(found), sorted(expected), strict=True):
+        assert e in f and f.startswith("line "), (f, e)
+
+
+@needs_strace
+def test_server_listen_before_bind(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    """listen() autobinds an ephemeral port, the later bind() fails: exit 1."""
+    rc, _, err = run_traced([cbin("lc_server"), str(free_port()), "listen-before-bind"],
+                            tmp_path / "srv.log")
+    assert rc == 1 and err == b"bind() error\n"
+    found = trace.lifecycle_violations(trace.parse(tmp_path / "srv.log"), "server", complete=True)
+    assert [f.split(": ", 1)[1] for f in found] == ["listen(3) before bind()", "bind(3) after listen()"]
+
+
+CLIENT_CASES = [
+    ("ok", True, []),
+    ("retry", True, []),
+    ("read-before-connect", True, ["read(3) on the client socket before connect()"]),
+    ("listen", True, ["listen(4) in a client"]),
+    ("no-close", True, ["exit with socket 3 never closed"]),
+    ("no-close", False, []),
+]
+
+
+@needs_strace
+@pytest.mark.parametrize(("variant", "complete", "expected"), CLIENT_CASES,
+                         ids=[f"{v}-{'complete' if c else 'killed'}" for v, c, _ in CLIENT_CASES])
+def test_client_variants(cbin: Callable[[str], str], tmp_path: Path, variant: str,
+                         complete: bool, expected: list[str]) -> None:
+    with peer() as p:
+        rc, out, err = run_traced([cbin("lc_client"), "127.0.0.1", str(p.port), variant],
+                                  tmp_path / "cli.log")
+    assert (rc, out) == (0, CLIENT_OUT), err
+    t = trace.parse(tmp_path / "cli.log")
+    found = trace.lifecycle_violations(t, "client", complete=complete)
+    assert len(found) == len(expected), found
+    for f, e in zip(found, expected, strict=True):
+        assert e in f, (f, e)
+    if variant == "read-before-connect":  # the failed read still counts for the order
+        assert trace.calls_named(t, "read")[-2].errno == "ENOTCONN"
+
+
+@needs_strace
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_concurrent_servers(cbin: Callable[[str], str], tmp_path: Path, mode: str) -> None:
+    """Two connections open at once, accept() while the other is served, then
+    the listener closed: legal (the fork child also closes its copy of the
+    listener first, which is not the listener's close)."""
+    port = free_port()
+    log = tmp_path / "srv.log"
+    with traced([cbin("lc_concurrent"), str(port), "2", mode], log) as srv:
+        wait_listening(srv, port=port)
+        a = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        b = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        with a, b:
+            for s in (a, b):
+                assert s.recv(64) == GREETING
+            for s in (b, a):
+                s.shutdown(socket.SHUT_WR)
+                s.recv(64)
+        srv.communicate(timeout=TIMEOUT)
+    assert srv.returncode == 0
+    t = trace.parse(log)
+    assert len({c.pid for c in t.calls}) == 3
+    assert (t.threads if mode == "thread" else set(t.parents) - t.shares_fds) == set(t.parents)
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+    # the same trace with a worker's close of its connection cut out: a thread
+    # leaves the connection open when the listener is closed; a fork child exits
+    # without closing it (its parent closed its own copy long before)
+    closes = [c for c in t.calls if c.name == "close" and c.sock and c.pid != t.root_pid
+              and c.fd != 3]
+    text = log.read_text().splitlines(keepends=True)
+    del text[closes[0].line - 1]
+    bad = trace.lifecycle_violations(trace.parse_text("".join(text)), "server", complete=True)
+    expected = ["exit with the accepted connection"]
+    if mode == "thread":
+        expected.insert(0, "close(3) of the listener before the accepted connection")
+    assert len(bad) == len(expected), bad
+    assert all(e in b for e, b in zip(expected, bad, strict=True)), bad
+
+
+@needs_strace
+@pytest.mark.parametrize("family", ["4", "6", "unix"])
+def test_nonblocking_poll_server(cbin: Callable[[str], str], tmp_path: Path,
+                                 family: str) -> None:
+    """SOCK_NONBLOCK, accept4 flags and EAGAIN, several writes, send(), shutdown
+    then draining recv() with EAGAIN, IPv6 dual-stack, AF_UNIX: all legal."""
+    if family == "6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    port, path = (None, str(tmp_path / "s.sock")) if family == "unix" else (free_port(), None)
+    rc, got, err, t = serve_and_trace([cbin("lc_poll"), family, path or str(port)],
+                                      tmp_path / "srv.log", port=port, path=path)
+    assert rc == 0 and got == [GREETING], err
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+    acc = trace.calls_named(t, "accept4")
+    assert acc[0].errno == "EAGAIN" and acc[-1].ret == 4 and "SOCK_NONBLOCK" in acc[-1].args
+    assert {c.name for c in t.calls if c.sock} >= {"write", "sendto", "shutdown", "recvfrom"}
+
+
+PY_SERVER = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(5)
+c, _ = s.accept()
+c.sendall(b"Hello World!\\0")
+c.shutdown(socket.SHUT_WR)
+while c.recv(1024):
+    pass
+c.close()
+s.close()
+"""
+
+PY_CLIENT = """\
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+data = b""
+while len(data) < 13 and (chunk := c.recv(64)):
+    data += chunk
+sys.stdout.write("Message from server: " + data[:-1].decode() + " \\n")
+c.close()
+"""
+
+
+@needs_strace
+def test_cpython_server_and_client(tmp_path: Path) -> None:
+    port = free_port()
+    rc, got, err, t = serve_and_trace([sys.executable, "-c", PY_SERVER, str(port)],
+                                      tmp_path / "srv.log", port)
+    assert rc == 0 and got == [GREETING], err
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+    names = [c.name for c in t.calls if c.sock]
+    assert names == ["socket", "setsockopt", "bind", "listen", "accept4", "sendto", "shutdown",
+                     "recvfrom", "close", "close"]
+    assert "SOCK_CLOEXEC" in trace.calls_named(t, "accept4")[0].args
+    with peer() as p:
+        rc, out, err = run_traced([sys.executable, "-c", PY_CLIENT, "127.0.0.1", str(p.port)],
+                                  tmp_path / "cli.log")
+    assert (rc, out) == (0, CLIENT_OUT), err
+    ct = trace.parse(tmp_path / "cli.log")
+    assert trace.lifecycle_violations(ct, "client", complete=True) == []
+    con = trace.calls_named(ct, "connect")[-1]
+    assert con.errno == "EINPROGRESS"  # a timeout makes CPython connect non-blocking
+    assert trace.calls_named(ct, "getsockopt")[-1].sock
+
+
+@needs_strace
+def test_usage_opens_no_socket(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    rc, out, _ = run_traced([cbin("lc_server")], tmp_path / "u.log")
+    assert rc == 1 and out.startswith(b"Usage : ")
+    assert trace.socket_calls(trace.parse(tmp_path / "u.log")) == []
+    port = free_port()
+    _, _, _, t = serve_and_trace([cbin("lc_server"), str(port)], tmp_path / "s.log", port)
+    assert [c.name for c in trace.socket_calls(t)] == ["socket"]
+
+
+# -- real runs: fault injection ---------------------------------------------------------------
+
+
+@needs_strace
+def test_emfile_into_accept_and_socket(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "a.log"
+    with traced([cbin("lc_server"), str(port)], log,
+                [Injection(("accept", "accept4"), "EMFILE")]) as srv:
+        _, err = srv.communicate(timeout=TIMEOUT)  # fails before any client can come
+    assert (srv.returncode, err) == (1, b"accept() error\n")
+    t = trace.parse(log)
+    (inj,) = trace.injected_calls(t)
+    assert (inj.name, inj.errno, inj.ret, inj.fd, inj.sock) == ("accept", "EMFILE", -1, 3, True)
+    assert trace.lifecycle_violations(t, "server", complete=True) == []  # exit 1: not held
+    rc, _, err = run_traced([cbin("lc_server"), str(port)], tmp_path / "s.log",
+                            [Injection(("socket",), "EMFILE")])
+    assert (rc, err) == (1, b"socket() error\n")
+
+
+@needs_strace
+def test_emfile_into_cpython_accept4(tmp_path: Path) -> None:
+    rc, _, err = run_traced([sys.executable, "-c", PY_SERVER, str(free_port())],
+                            tmp_path / "a.log", [Injection(("accept", "accept4"), "EMFILE")])
+    assert rc == 1 and b"Too many open files" in err
+    (inj,) = trace.injected_calls(trace.parse(tmp_path / "a.log"))
+    assert inj.name == "accept4" and inj.errno == "EMFILE"
+
+
+def _retried(t: trace.Trace, name: str) -> None:
+    """The injected EINTR call is followed by the same call on the same fd, which worked."""
+    (inj,) = trace.injected_calls(t)
+    assert inj.name == name and inj.errno == "EINTR"
+    after = [c for c in t.calls if c.pid == inj.pid and c.name == name and c.line > inj.line]
+    assert after and after[0].fd == inj.fd and after[0].errno is None
+
+
+@needs_strace
+@pytest.mark.parametrize("name", ["accept", "write", "read"])
+def test_eintr_server_retries(cbin: Callable[[str], str], tmp_path: Path, name: str) -> None:
+    argv = [cbin("lc_server"), str(free_port()), "retry"]
+    when = 1
+    if name == "read":  # 2-phase: the loader's read() comes first
+        port = free_port()
+        argv[1] = str(port)
+        _, _, _, normal = serve_and_trace(argv, tmp_path / "normal.log", port)
+        found = trace.ordinal(normal, "read", lambda c: c.sock)
+        assert found is not None and found > 1
+        when = found
+    port = free_port()
+    argv[1] = str(port)
+    rc, got, err, t = serve_and_trace(argv, tmp_path / "srv.log", port,
+                                      injections=[Injection((name,), "EINTR", when)])
+    assert rc == 0 and got == [GREETING], err
+    _retried(t, name)
+    assert trace.lifecycle_violations(t, "server", complete=True) == []
+
+
+@needs_strace
+def test_eintr_accept_without_retry_is_reported(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    rc, _, err = run_traced([cbin("lc_server"), str(free_port())], tmp_path / "s.log",
+                            [Injection(("accept",), "EINTR")])
+    assert (rc, err) == (1, b"accept() error\n")  # what ERR-8 flags
+
+
+@needs_strace
+@pytest.mark.parametrize("name", ["connect", "read"])
+def test_eintr_client_retries(cbin: Callable[[str], str], tmp_path: Path, name: str) -> None:
+    when = 1
+    with peer() as p:
+        argv = [cbin("lc_client"), "127.0.0.1", str(p.port), "retry"]
+        if name == "read":
+            run_traced(argv, tmp_path / "normal.log")
+            when = trace.ordinal(trace.parse(tmp_path / "normal.log"), "read", lambda c: c.sock) or 0
+    with peer() as p:
+        argv[2] = str(p.port)
+        rc, out, err = run_traced(argv, tmp_path / "cli.log", [Injection((name,), "EINTR", when)])
+    assert (rc, out) == (0, CLIENT_OUT), err
+    _retried(trace.parse(tmp_path / "cli.log"), name)
+
+
+@needs_strace
+def test_first_socket_read_needs_an_ordinal(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    """read() when=1 hits the dynamic loader reading libc.so.6, not the socket."""
+    with peer() as p:
+        argv = [cbin("lc_client"), "127.0.0.1", str(p.port)]
+        rc, _, _ = run_traced(argv, tmp_path / "normal.log")
+    assert rc == 0
+    normal = trace.parse(tmp_path / "normal.log")
+    first = trace.calls_named(normal, "read")[0]
+    assert not first.sock and "libc.so" in first.args
+    when = trace.ordinal(normal, "read", lambda c: c.sock)
+    assert when is not None and when > 1
+
+    rc, _, err = run_traced(argv, tmp_path / "loader.log", [Injection(("read",), "EIO", 1)])
+    assert rc == 127 and b"error while loading shared libraries" in err
+
+    with peer() as p:
+        argv[2] = str(p.port)
+        rc, out, err = run_traced(argv, tmp_path / "inj.log", [Injection(("read",), "EIO", when)])
+    assert (rc, out, err) == (1, b"", b"read() error!\n")
+    (inj,) = trace.injected_calls(trace.parse(tmp_path / "inj.log"))
+    assert inj.sock and inj.errno == "EIO"
+
+
+@needs_strace
+def test_when_counts_per_task_and_per_syscall(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    """when=2 fails the 2nd dup() of the main thread, of a new thread and of a forked
+    child (each counts from 1; a child does not inherit its parent's count), and
+    the 1st dup3() too: each syscall of a rule has its own count."""
+    rc, out, err = run_traced([cbin("inject_count")], tmp_path / "c.log",
+                              [Injection(("dup", "dup3"), "EINTR", 2)])
+    assert rc == 0, err
+    assert out.decode().split("\n") == [
+        "main#1 ok", "main#2 EINTR", "dup3#1 ok",
+        "thread#1 ok", "thread#2 EINTR", "thread#3 ok",
+        "child#1 ok", "child#2 EINTR", "child#3 ok",
+        "main-again#1 ok", "main-again#2 ok", ""]
+    rc, out, _ = run_traced([cbin("inject_count")], tmp_path / "d.log",
+                            [Injection(("dup", "dup3"), "EINTR", 1)])
+    assert "dup3#1 EINTR" in out.decode()
+    t = trace.parse(tmp_path / "c.log")
+    # ordinal() counts like strace: per task
+    for inj in trace.injected_calls(t):
+        if inj.name == "dup":
+            assert trace.ordinal(t, "dup", inj.__eq__) == 2
+    assert len(trace.injected_calls(t)) == 3
+
+
+@needs_strace
+def test_when_is_not_reset_by_execve(cbin: Callable[[str], str], tmp_path: Path) -> None:
+    """A wrapper that execs the target (setpriv, env, a shell's exec) keeps its task:
+    its calls count for when=, and ordinal() on the log counts them too."""
+    wrapper = shutil.which("env")
+    if wrapper is None:
+        pytest.skip("no env(1)")
+    with peer() as p:
+        argv = [wrapper, cbin("lc_client"), "127.0.0.1", str(p.port)]
+        run_traced(argv, tmp_path / "normal.log")
+    normal = trace.parse(tmp_path / "normal.log")
+    when = trace.ordinal(normal, "read", lambda c: c.sock)
+    execs = trace.calls_named(normal, "execve")
+    reads_before = [c for c in trace.calls_named(normal, "read") if c.line < execs[-1].line]
+    assert when is not None and reads_before and len(execs) >= 2
+    with peer() as p:
+        argv[3] = str(p.port)
+        rc, _, err = run_traced(argv, tmp_path / "inj.log", [Injection(("read",), "EIO", when)])
+    assert (rc, err) == (1, b"read() error!\n")
