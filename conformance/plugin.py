@@ -194,7 +194,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     props: dict[str, Any] = {"clause": cid}
     exc = call.excinfo.value if call.excinfo else None
     if report.failed and exc is not None:
-        props["message"] = _first_line(exc)
+        props["message"] = _message(exc)
         props["suite_error"] = not _target_failure(exc)
         props["reproduce"] = _reproduce(item.config, cid)
         art = item.config.getoption("sockconf_artifacts")
@@ -213,11 +213,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     report.user_properties.append((_PROPS, props))
 
 
-def _first_line(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
+    """The evidence line(s) of a failure: a Violation's message in full (it may
+    carry a packet ladder), bounded; other exceptions with their type."""
     text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, AssertionError):
         text = f"{type(exc).__name__}: {text}"
-    return text.splitlines()[0][:500]
+    return text[:4000]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

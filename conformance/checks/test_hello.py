@@ -32,9 +32,12 @@ def test_greeting_without_client_data(bed: Testbed) -> None:
         got = peers.read_until_end(sock, PROMPT_S, limit=len(support.GREETING))
     finally:
         sock.close()
-    if len(got.data) < len(support.GREETING):
+    # Waiting shows as a read that times out short of a greeting: neither 13
+    # bytes nor the end of what the server had to say arrived.  (Whether the bytes
+    # are the right ones is HELLO-1's business.)
+    if got.end == "timeout" and len(got.data) < len(support.GREETING):
         raise Violation(f"without client data, {len(got.data)} of 13 greeting bytes arrived within "
-                        f"{PROMPT_S:.0f} s of connecting ({got.describe()})")
+                        f"{PROMPT_S:.0f} s of connecting, and the server did not close")
 
 
 def _exchange_ends_in_rst(bed: Testbed, port: int) -> str | None:

@@ -50,10 +50,22 @@ class Received:
 
 def connect(transport: str, port: int | None = None, path: str | None = None,
             timeout: float = 5.0) -> socket.socket:
+    """A connected stream socket (reads then bounded by `timeout`).
+
+    The connect itself is blocking, bounded by SO_SNDTIMEO: Python's own timeout
+    makes connect() non-blocking and then reads SO_ERROR, which reports a reset
+    that arrived *after* the handshake (a fast one-shot server that already sent
+    its greeting and RST) as a failed connect, losing the data that did arrive."""
     sock = socket.socket(FAMILIES[transport], socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        sock.connect(address(transport, port, path))
+        whole = int(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((timeout - whole) * 1e6)))
+        try:
+            sock.connect(address(transport, port, path))
+        except BlockingIOError:
+            raise TimeoutError(f"connect() did not complete within {timeout} s") from None
+        sock.settimeout(timeout)
     except BaseException:
         sock.close()
         raise
@@ -191,6 +203,12 @@ class PeerServer:
         return self.log.done.wait(timeout)
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept(); shutdown() on a
+        # listening socket does (accept fails with EINVAL), so no client == no wait.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         finally:

@@ -301,20 +301,6 @@ class Testbed:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
 
 
-def port_bindable(port: int, transport: str = "tcp4") -> str | None:
-    """None if a listening socket could take `port` now (SO_REUSEADDR set, as a
-    restarted server would); else the errno name."""
-    fam = socket.AF_INET6 if transport == "tcp6" else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
-            s.listen(1)
-        except OSError as e:
-            return errno.errorcode.get(e.errno or 0, str(e))
-    return None
-
-
 def lines(data: bytes) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()
 

@@ -39,8 +39,12 @@ What strace 6.1 actually does (verified by tests/harness/test_trace.py)
   calls can be logged before its parent's ``clone`` returns.
 * strace exits with its tracee's status and dies by the tracee's signal (tracee
   killed by SIGTERM -> strace killed by SIGTERM), so Popen.returncode keeps its
-  meaning.  Signal the tracee (strace's child), not strace: a SIGTERM to strace
-  only detaches.
+  meaning.  Signal the tracee (strace's child, `tracee_pid()`), not strace: with
+  ``-o FILE PROG`` strace blocks fatal signals (its default ``-I``) so a SIGTERM
+  to strace does nothing and it just waits for the program; a SIGKILL to strace
+  detaches the tracee, which lives on (hence killpg / pdeathsig).
+* strace keeps one inject rule per syscall: a second ``-e inject=`` naming the
+  same syscall replaces the first (`strace_argv` refuses that).
 
 What glibc and CPython call (x86_64)
 ------------------------------------
@@ -74,7 +78,8 @@ or accept() creates nothing.  Rules:
   connection; accept() on a socket that is not listening;
 * client: any listen() (a client bind() is allowed: CLI-4's business);
 * the listening socket closed (its last descriptor) while a connection accepted
-  from it is still open (in any process or thread);
+  from it is still open (in any process or thread: a forking server whose parent
+  closes the listener while a child still serves breaks the pattern too);
 * complete=True: a process that ends with exit status 0 without having closed a
   stream socket whose last descriptor it holds (a forked child may leave its
   inherited copy of the listener to the parent).  Exits with status != 0 (the
@@ -85,13 +90,20 @@ suite's request: the close order and the explicit-close rule no longer apply to 
 Calls that do not change the lifecycle are free anywhere: shutdown, getsockopt,
 fcntl, ioctl, poll/select/epoll (not even traced), setsockopt on a connection or a
 client socket.  io_uring I/O is invisible to strace.
+
+Violations read "line N: ..." with N = `Call.line`, the log line where the call
+starts (its name and descriptor).  `Trace.calls` is in order of completion
+(`Call.end_line`), which is the order the model must follow: a blocked accept()
+that returns a reused descriptor number completes after the close() of the old one.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +141,6 @@ _FD_FIRST = frozenset({
     "getsockname", "getpeername", *READ_CALLS, *WRITE_CALLS, "splice", "close", "dup", "dup2",
     "dup3", "fcntl", "fcntl64", "ioctl",
 })
-# Calls that return a new descriptor.
-_FD_RETURN = frozenset({"socket", "accept", "accept4", "dup", "dup2", "dup3"})
 _SOCKET_ONLY = ("bind", "listen", "accept", "accept4", "connect", "setsockopt")
 _TERMINATING = frozenset({"SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"})
 
@@ -149,7 +159,8 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 class Injection:
     """One strace ``-e inject=`` rule: make the `when`-th call (counted per tracee
     and per syscall, see the module docstring) of each of `syscalls` fail with
-    `error`."""
+    `error`.  strace keeps one rule per syscall (a later rule for the same
+    syscall replaces the earlier one), so `strace_argv` refuses overlaps."""
 
     syscalls: tuple[str, ...]
     error: str
@@ -175,6 +186,9 @@ def strace_argv(argv: Sequence[str], log: Path | str, injections: Sequence[Injec
     logging the lifecycle syscalls to `log`, with the given injections."""
     names = list(LIFECYCLE_SYSCALLS)
     known = {n.lstrip("?") for n in names}
+    injected = [s for inj in injections for s in inj.syscalls]
+    if len(set(injected)) != len(injected):
+        raise ValueError(f"several injections for one syscall (strace keeps the last): {injected}")
     for inj in injections:
         for s in inj.syscalls:  # injection only works on traced syscalls
             if s not in known:
@@ -185,6 +199,45 @@ def strace_argv(argv: Sequence[str], log: Path | str, injections: Sequence[Injec
     for inj in injections:
         cmd += ["-e", inj.strace_arg()]
     return [*cmd, "--", *argv]
+
+
+def tracee_pid(strace_pid: int, timeout: float = 5.0) -> int | None:
+    """The pid of the program strace started: the process to signal.  strace
+    also forks short-lived children of its own at startup (ptrace feature
+    probes), so this waits for a child that has exec()ed something other than
+    strace.  A wrapper that exec()s the target (setpriv, env) keeps that pid."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{strace_pid}/task/{strace_pid}/children")
+    try:
+        own = os.readlink(f"/proc/{strace_pid}/exe")
+    except OSError:
+        return None
+    while True:
+        try:
+            found = children.read_text().split()
+        except OSError:  # no such process, or a kernel without the children file
+            found = _children_by_stat(strace_pid)
+        for pid in found:
+            try:
+                if os.readlink(f"/proc/{pid}/exe") != own:
+                    return int(pid)
+            except OSError:
+                continue
+        if time.monotonic() >= deadline or not Path(f"/proc/{strace_pid}").exists():
+            return None
+        time.sleep(0.005)
+
+
+def _children_by_stat(ppid: int) -> list[str]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(ppid):
+            out.append(stat.parent.name)
+    return sorted(out, key=int)
 
 
 # -- the parsed log ---------------------------------------------------------------------
@@ -208,6 +261,7 @@ class Call:
     result: str = ""          # the text after "= ", e.g. "4<socket:[8367]>"
     inode: int | None = None      # socket inode of fd, from -y
     ret_inode: int | None = None  # socket inode of the returned descriptor
+    decor: str | None = None      # fd's -y decoration: "socket:[8366]", "/usr/lib/.../libc.so.6"
 
     def __post_init__(self) -> None:
         if not self.end_line:
@@ -277,6 +331,7 @@ _KILLED = re.compile(r"^\+\+\+ killed by (SIG[A-Z0-9]+)")
 _SIGNAL = re.compile(r"^--- (SIG[A-Z0-9]+) ")
 _DECOR_SOCK = re.compile(r"^(socket|[A-Z][A-Za-z0-9]*(?:-[A-Z]+)?):\[(.*)\]$", re.S)
 _FD_TEXT = re.compile(r"^(-?\d+)(?:<(.*)>)?$", re.S)
+_FIRST_FD = re.compile(r"^(-?\d+)(?:<((?:[^>\\]|\\.|(?<=-)>(?=[^,)\]}\s]))*)>)?(?=,|\s*$)", re.S)
 
 
 def _decoration_end(text: str, i: int) -> int:
@@ -298,30 +353,27 @@ def _decoration_end(text: str, i: int) -> int:
     return n
 
 
-def _scan(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
-    """Yield (index, char, depth) for the characters of `text` that are outside
-    string literals and fd decorations ("3<socket:[1]>"), with the bracket depth."""
+_TOKENS = re.compile(
+    r'"(?:[^"\\]|\\.)*"?'                                # a string literal (maybe cut short)
+    r'|(?<=\d)<(?:[^>\\]|\\.|(?<=-)>(?=[^,)\]}\s]))*>?'   # an fd decoration, see above
+    r'|/\*.*?(?:\*/|$)'                                   # a comment: /* 35 vars */
+    r'|[()\[\]{},]', re.S)
+
+
+def _scan(text: str) -> Iterator[tuple[int, str, int]]:
+    """Yield (index, char, depth) for the brackets and commas of `text` that are
+    outside string literals, fd decorations ("3<socket:[1]>") and comments, with
+    the bracket depth after the character."""
     depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif ch == "<" and i > 0 and text[i - 1].isdigit():
-            i = _decoration_end(text, i)
-        elif ch == "/" and text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 1
-        else:
-            if ch in "([{":
-                depth += 1
-            elif ch in ")]}":
-                depth -= 1
-            yield i, ch, depth
-        i += 1
+    for m in _TOKENS.finditer(text):
+        ch = m.group()
+        if len(ch) != 1 or ch in '"</':
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        yield m.start(), ch, depth
 
 
 def split_args(args: str) -> list[str]:
@@ -393,20 +445,18 @@ def _make_call(pid: int, name: str, text: str, line: int, end_line: int,
                finished: bool) -> Call:
     args, result = _split_call(text) if finished else (text.rstrip().rstrip(","), None)
     ret, errno, injected, ret_decor = _parse_result(result)
-    fd = inode = None
+    fd = inode = decor = None
     sock = False
-    if name in _FD_FIRST:
-        first = split_args(args)[:1]
-        if first:
-            fd, decor = fd_decoration(first[0])
-            sock, inode = socket_decoration(decor)
+    if name in _FD_FIRST and (fm := _FIRST_FD.match(args)):
+        fd, decor = int(fm.group(1)), fm.group(2)
+        sock, inode = socket_decoration(decor)
     ret_sock, ret_inode = socket_decoration(ret_decor)
     if name in ("socket", "accept", "accept4") and ret is not None and ret >= 0 and ret_decor is None:
         ret_sock = True  # without -y: a successful socket()/accept() returns a socket
     return Call(pid=pid, name=name, args=args, fd=fd, ret=ret, errno=errno,
                 sock=sock or ret_sock, injected=injected, line=line, end_line=end_line,
                 finished=finished and result is not None, result=result or "",
-                inode=inode, ret_inode=ret_inode)
+                inode=inode, ret_inode=ret_inode, decor=decor)
 
 
 def parse(log: Path | str) -> Trace:
@@ -491,7 +541,7 @@ def parse_text(text: str) -> Trace:
         trace.exits.setdefault(pid, status)
     trace.calls = calls
     # socket-ness of undecorated descriptors (no -y), from the descriptor model
-    if any(c.fd is not None and not c.sock and c.inode is None for c in calls):
+    if any(c.fd is not None and c.fd >= 0 and c.decor is None for c in calls):
         model = _Model(trace)
         for c in model.run():
             if c.fd is not None and not c.sock and model.current_sock(c) is not None:
@@ -546,7 +596,6 @@ class _Sock:
     conns: list[_Sock] = field(default_factory=list)
     refs: int = 0
     closed_line: int | None = None
-    setsockopt_lines: list[int] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.state == "listening":
@@ -683,10 +732,9 @@ class _Model:
     def call_sock(self, c: Call, t: _Table) -> _Sock | None:
         if c.fd is None:
             return None
-        _, decor = fd_decoration(c.arglist[0] if c.arglist else "")
-        is_sock, inode = socket_decoration(decor)
-        s = self.resolve(t, c.fd, is_sock, inode, decor is not None, c.line, c.errno)
-        if s is None and decor is None and c.errno is None and c.fd >= 0 \
+        s = self.resolve(t, c.fd, c.inode is not None or socket_decoration(c.decor)[0], c.inode,
+                         c.decor is not None, c.line, c.errno)
+        if s is None and c.decor is None and c.errno is None and c.fd >= 0 \
                 and c.name in _SOCKET_ONLY:  # a log without -y: it worked, so it is a socket
             s = _Sock("inherited", None, "unknown", c.line, c.fd)
             self.install(t, c.fd, s, c.line)
@@ -748,8 +796,6 @@ class _Model:
                     s.state = "listening"
                 elif name == "connect" and s.state not in ("listening", "accepted"):
                     s.state = "connecting"
-                elif name == "setsockopt":
-                    s.setsockopt_lines.append(c.line)
         elif name in IO_CALLS:
             self.check(c, t, s)
             if name in ("sendfile", "splice"):
@@ -758,7 +804,9 @@ class _Model:
                 self.check_io(c, t, fd2, s2)
         elif name == "close":
             self.check(c, t, s)
-            if c.fd is not None and c.errno != "EBADF":
+            # a failed close() (EINTR, EIO) closed the descriptor all the same on Linux;
+            # an injected one was never made
+            if c.fd is not None and c.errno != "EBADF" and not c.injected:
                 self.drop(t, c.fd, c.end_line, "close", c.pid)
         elif name == "close_range":
             if ok and len(c.arglist) >= 2:
@@ -856,10 +904,8 @@ class _Life(_Model):
     def check(self, c: Call, t: _Table, s: _Sock | None) -> None:
         name, fd = c.name, c.fd
         if name in _SOCKET_ONLY and s is None and fd is not None:
-            first = c.arglist[0] if c.arglist else ""
-            _, decor = fd_decoration(first)
-            if decor is not None or c.errno in ("EBADF", "ENOTSOCK"):
-                closed = t.closed.get(fd) if decor is None else None
+            if c.decor is not None or c.errno in ("EBADF", "ENOTSOCK"):
+                closed = t.closed.get(fd) if c.decor is None else None
                 if closed is not None:
                     self.v(c.line, f"{name}({fd}) after {closed[0].describe()} was closed "
                                    f"(line {closed[1]})")

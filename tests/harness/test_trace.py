@@ -129,13 +129,16 @@ def greet(port: int | None = None, path: str | None = None, *, send: bytes = b""
         if send:
             s.sendall(send)
         data = b""
-        while len(data) < len(GREETING):
-            chunk = s.recv(64)
-            if not chunk:
-                break
-            data += chunk
-        s.shutdown(socket.SHUT_WR)
-        while s.recv(64):
+        try:
+            while len(data) < len(GREETING):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(64):
+                pass
+        except ConnectionResetError:  # a server that resets after its greeting
             pass
     return data
 
@@ -352,6 +355,24 @@ SRV = ("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
                   "sendto(6<socket:[9]>, \"log\", 3, MSG_NOSIGNAL, NULL, 0) = 3",
                   "close(5<socket:[8]>) = 0", "exit_group(0) = ?"),
                  "server", True, [], id="datagram-helpers-free"),
+    pytest.param(("socket(AF_INET, SOCK_DGRAM, IPPROTO_IP) = 3<socket:[1]>",
+                  "bind(3<socket:[1]>, {sa_family=AF_INET}, 16) = 0",
+                  "setsockopt(3<socket:[1]>, SOL_SOCKET, SO_BROADCAST, [1], 4) = 0",
+                  "recvfrom(3<socket:[1]>, \"x\", 65535, 0, {sa_family=AF_INET}, [16]) = 1",
+                  "sendto(3<socket:[1]>, \"x\", 1, 0, {sa_family=AF_INET}, 16) = 1"),
+                 "server", False, [], id="udp-echo"),
+    pytest.param((*SRV, "setsockopt(4<socket:[2]>, SOL_SOCKET, SO_LINGER, {l_onoff=1, l_linger=0}, 8) = 0",
+                  "getsockopt(3<socket:[1]>, SOL_SOCKET, SO_ERROR, [0], [4]) = 0",
+                  "fcntl(4<socket:[2]>, F_SETFL, O_RDWR|O_NONBLOCK) = 0",
+                  "shutdown(4<socket:[2]>, SHUT_WR) = 0", "close(4<socket:[2]>) = 0",
+                  "shutdown(3<socket:[1]>, SHUT_RDWR) = 0", "close(3<socket:[1]>) = 0",
+                  "exit_group(0) = ?"),
+                 "server", True, [], id="free-calls-on-connection"),
+    pytest.param((*SRV, "close(4<socket:[2]>) = -1 EINTR (Interrupted system call) (INJECTED)",
+                  "close(3<socket:[1]>) = 0"),
+                 "server", False,
+                 ["line 6: close(3) of the listener before the accepted connection 4 was closed"],
+                 id="injected-close-closes-nothing"),
 ])
 def test_lifecycle_on_written_logs(calls: tuple[str, ...], role: str, complete: bool,
                                    expected: list[str]) -> None:
@@ -399,6 +420,8 @@ def test_injection_and_argv() -> None:
     assert traced_set.startswith("trace=socket,") and traced_set.endswith(",getpid")
     assert argv[-5:] == ["-e", "inject=getpid:error=EPERM:when=2", "--", "./srv", "5000"]
     assert "inject=accept,accept4:error=EMFILE:when=1" in argv
+    with pytest.raises(ValueError, match="several injections"):
+        trace.strace_argv(["x"], Path("/tmp/x.log"), [inj, Injection(("accept4",), "EINTR", 2)])
 
 
 # -- real runs: LIFE-0 ----------------------------------------------------------------------
@@ -739,14 +762,16 @@ def test_when_counts_per_task_and_per_syscall(cbin: Callable[[str], str], tmp_pa
 
 
 @needs_strace
-def test_when_is_not_reset_by_execve(cbin: Callable[[str], str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrapper", [["env"], ["setpriv", "--pdeathsig", "KILL", "--"]],
+                         ids=["env", "setpriv"])
+def test_when_is_not_reset_by_execve(cbin: Callable[[str], str], tmp_path: Path,
+                                     wrapper: list[str]) -> None:
     """A wrapper that execs the target (setpriv, env, a shell's exec) keeps its task:
     its calls count for when=, and ordinal() on the log counts them too."""
-    wrapper = shutil.which("env")
-    if wrapper is None:
-        pytest.skip("no env(1)")
+    if shutil.which(wrapper[0]) is None:
+        pytest.skip(f"no {wrapper[0]}(1)")
     with peer() as p:
-        argv = [wrapper, cbin("lc_client"), "127.0.0.1", str(p.port)]
+        argv = [*wrapper, cbin("lc_client"), "127.0.0.1", str(p.port)]
         run_traced(argv, tmp_path / "normal.log")
     normal = trace.parse(tmp_path / "normal.log")
     when = trace.ordinal(normal, "read", lambda c: c.sock)
@@ -754,6 +779,62 @@ def test_when_is_not_reset_by_execve(cbin: Callable[[str], str], tmp_path: Path)
     reads_before = [c for c in trace.calls_named(normal, "read") if c.line < execs[-1].line]
     assert when is not None and reads_before and len(execs) >= 2
     with peer() as p:
-        argv[3] = str(p.port)
+        argv[-1] = str(p.port)
         rc, _, err = run_traced(argv, tmp_path / "inj.log", [Injection(("read",), "EIO", when)])
     assert (rc, err) == (1, b"read() error!\n")
+
+
+@needs_strace
+def test_signal_the_tracee_not_strace(tmp_path: Path) -> None:
+    """SIGTERM goes to the program (tracee_pid), and strace dies the same death."""
+    log = tmp_path / "k.log"
+    with traced([sys.executable, "-c", "import time; time.sleep(30)"], log) as proc:
+        pid = trace.tracee_pid(proc.pid)
+        assert pid is not None and pid != proc.pid
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        proc.wait(TIMEOUT)
+    assert proc.returncode == -signal.SIGTERM
+    t = trace.parse(log)
+    assert t.killed == {pid: "SIGTERM"} and t.exits[pid] is None
+    assert any(s.pid == pid and s.name == "SIGTERM" for s in t.signals)
+
+
+# -- the project's hello fixtures: only the LIFE-0 mutants break LIFE-0 ---------------------
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hello"
+LIFE0_FIXTURES = {  # program -> the violation it must show ("" : none)
+    "good_server": "", "good_client": "",
+    "v_split_writes_server": "", "v_dualstack_server": "", "v_poll_server": "",
+    "v_recv_client": "", "v_nonblock_client": "",
+    "m_life0_early_close": "close(3) of the listener before the accepted connection 4 was closed",
+    "c_life0_read_before_connect": "read(3) on the client socket before connect()",
+    "m_err6_sigpipe": "", "c_cli4_bind": "", "c_cli5_sends": "",
+}
+
+
+@needs_strace
+@pytest.mark.parametrize("name", sorted(LIFE0_FIXTURES))
+def test_hello_fixtures(tmp_path: Path, name: str) -> None:
+    src = FIXTURES / "src" / f"{name}.c"
+    cc = shutil.which("cc")
+    if not src.exists() or cc is None:
+        pytest.skip("no fixtures/hello or no cc")
+    exe = tmp_path / name
+    subprocess.run([cc, "-O1", "-Wall", "-Wextra", "-o", str(exe), str(src)], check=True,
+                   timeout=60)
+    log = tmp_path / "t.log"
+    if "client" in name or name.startswith("c_"):
+        role = "client"
+        with peer() as p:
+            rc, out, err = run_traced([str(exe), "127.0.0.1", str(p.port)], log)
+        assert (rc, out) == (0, CLIENT_OUT) or name.startswith("c_"), err
+        t = trace.parse(log)
+    else:
+        role = "server"
+        port = free_port()
+        rc, got, err, t = serve_and_trace([str(exe), str(port)], log, port)
+        assert rc == 0 and got[0][:12] == GREETING[:12], err
+    found = trace.lifecycle_violations(t, role, complete=True)  # type: ignore[arg-type]
+    expected = LIFE0_FIXTURES[name]
+    assert [v.split(": ", 1)[1] for v in found] == ([expected] if expected else []), found
