@@ -116,7 +116,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     applicable = {c.id for c in catalogue.applicable(target.profile)}
     wanted = {c.id for c in catalogue.select(config.getoption("sockconf_clause"),
                                              catalogue.applicable(target.profile))}
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         m = item.get_closest_marker("clause")
         if m is None:
@@ -223,7 +224,7 @@ def _message(exc: BaseException) -> str:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    props = next((v for k, v in report.user_properties if k == _PROPS), None)
+    props: Any = next((v for k, v in report.user_properties if k == _PROPS), None)
     if props is None:
         return
     records = _records

@@ -36,8 +36,9 @@ def program_names(argv: list[str], base_dir: Path) -> set[str]:
     if "/" in argv0:
         names.add(str((base_dir / argv0).resolve()))
     else:
-        from conformance.harness.process import _env
         import shutil
+
+        from conformance.harness.process import _env
         found = shutil.which(argv0, path=_env(None)["PATH"])
         if found:
             names.add(found)
@@ -227,6 +228,17 @@ def server_points(bed: Testbed) -> dict[str, Point]:
 
 def client_points(bed: Testbed) -> dict[str, Point]:
     return client_baseline(bed).points
+
+
+def require_landed(log: Path | None, what: str) -> None:
+    """Skip, rather than judge, a fault-injection run whose fault never happened
+    (a program that takes another path than in its traced normal run)."""
+    if log is None:
+        return
+    hit = [c for c in tracing.injected_calls(tracing.parse(log)) if c.sock or c.name == "socket"]
+    if not hit:
+        pytest.skip(f"{what}: the injected fault did not land on a socket call (the program took "
+                    "another path than in its traced normal run); nothing to judge")
 
 
 def point(points: dict[str, Point], step: str, who: str) -> Point:

@@ -29,9 +29,12 @@ def _expect_injected_failure(bed: Testbed, srv: Server, message: str, what: str)
     if value is None:
         found = listening(srv.pid)
         srv.proc.kill()
+        support.require_landed(srv.trace_log, what)
         where = f" and still listens on {found[0].local}" if found else ""
         raise Violation(f"{what}: still running 3 s later{where}; expected {message!r} and exit 1")
     run = support.ClientRun(srv.proc, value, False, srv.trace_log)
+    if message not in lines(run.stderr) or value != 1:
+        support.require_landed(srv.trace_log, what)
     if message not in lines(run.stderr):
         raise Violation(f"{what}: expected the stderr line {message!r}; {run.describe()}")
     if value != 1:
@@ -138,6 +141,8 @@ def test_client_socket_emfile(bed: Testbed) -> None:
     p = support.point(support.client_points(bed), "socket", "client")
     with peers.PeerServer(peers.greet(), "tcp4") as peer:
         run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection("EMFILE")])
+    if run.rc != 1 or "socket() error" not in lines(run.stderr):
+        support.require_landed(run.trace_log, "socket() failed with EMFILE")
     support.expect_error(run, "socket() error", stdout_empty=False)
 
 
@@ -147,6 +152,7 @@ def _stdout_clean(run: support.ClientRun, scenario: str) -> None:
     if run.timed_out:
         pytest.skip(f"{scenario}: the program did not end (judged by other clauses)")
     if run.stdout:
+        support.require_landed(run.trace_log, scenario)
         raise Violation(f"{scenario}: error text on stdout {run.stdout[:200]!r} "
                         f"(stdout carries only the usage line or the success output)")
 
@@ -249,6 +255,8 @@ def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: s
     p = support.point(support.client_points(bed), step, "client")
     with peers.PeerServer(peers.greet(), "tcp4") as peer:
         run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection(errno_)])
+    if run.timed_out or run.rc != 1 or message not in lines(run.stderr):
+        support.require_landed(run.trace_log, f"{step}() failed with {errno_}")
     if run.timed_out:
         raise Violation(f"{step}() failed with {errno_}: still running after 5 s")
     if message not in lines(run.stderr):
@@ -267,18 +275,28 @@ def test_server_eintr_retried(bed: Testbed, step: str) -> None:
         inj = tracing.Injection(("accept", "accept4"), "EINTR", 1)
     else:
         inj = support.point(base.points, step, "server").injection("EINTR")
-    srv = bed.start_server(injections=[inj], name=f"server-eintr-{step}")
-    got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
+    srv = bed.start_server(injections=[inj], ready=False, name=f"server-eintr-{step}")
+    # An interrupted blocking accept() returns at once: a server that gives up
+    # on EINTR may be gone before it is ever seen listening.
+    what, _ = bed.exit_or_listen(srv.proc, bed.server_program.startup_timeout)
+    got = peers.Received(end="nothing: the server never listened")
+    if what == "listen":
+        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
     rc = srv.proc.wait(5.0)
+    status = srv.proc.status()
     # "Retried" means: the exchange goes exactly as it does without the EINTR.
     assert base.received is not None
-    if got.data != base.received.data or got.end != base.received.end:
+    same_exchange = got.data == base.received.data and got.end == base.received.end
+    if same_exchange and rc == base.rc:
+        return
+    srv.proc.kill()  # the strace log is complete only once the tracee is gone
+    support.require_landed(srv.trace_log, f"EINTR in {step}()")
+    if not same_exchange:
         raise Violation(f"EINTR in {step}(): the client got {got.describe()}; without it "
-                        f"{base.received.describe()} (server {srv.proc.status()}, "
+                        f"{base.received.describe()} (server {status}, "
                         f"stderr {srv.proc.stderr()[:120]!r})")
-    if rc != base.rc:
-        raise Violation(f"EINTR in {step}(): server {srv.proc.status()} where a normal run ends "
-                        f"with {describe_status(base.rc)}; stderr {srv.proc.stderr()[:120]!r}")
+    raise Violation(f"EINTR in {step}(): server {status} where a normal run ends "
+                    f"with {describe_status(base.rc)}; stderr {srv.proc.stderr()[:120]!r}")
 
 
 @clause("ERR-8")
@@ -289,5 +307,6 @@ def test_client_eintr_retried(bed: Testbed, step: str) -> None:
     with peers.PeerServer(peers.greet(), "tcp4") as peer:
         run = bed.run(bed.client_argv("tcp4", peer.port), injections=[p.injection("EINTR")])
     if run.rc != base.rc or run.stdout != base.stdout:
+        support.require_landed(run.trace_log, f"EINTR in {step}()")
         raise Violation(f"EINTR in {step}(): {run.describe()}; without it: "
                         f"{describe_status(base.rc)}, stdout {base.stdout[:80]!r}")

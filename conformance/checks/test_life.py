@@ -57,7 +57,8 @@ def test_listens_on_wildcard(bed: Testbed, server_transport: str) -> None:
         if entry.local != srv.path:
             raise Violation(f"listens on {entry.local!r}, not on the given path {srv.path!r}")
         return
-    addr, port = entry.local  # type: ignore[misc]
+    assert isinstance(entry.local, tuple)
+    addr, port = entry.local
     if port != srv.port:
         raise Violation(f"listens on port {port}, not on the given port {srv.port}")
     if addr not in WILDCARDS[server_transport]:

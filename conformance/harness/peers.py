@@ -22,9 +22,11 @@ FAMILIES = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6, "unix": socket.AF_U
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1"}
 
 
-def address(transport: str, port: int | None, path: str | None) -> object:
+def address(transport: str, port: int | None, path: str | None) -> tuple[str, int] | str:
     if transport == "unix":
+        assert path is not None
         return path
+    assert port is not None
     return (LOOPBACK[transport], port)
 
 

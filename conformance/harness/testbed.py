@@ -9,7 +9,6 @@ failure (target stdout/stderr, strace logs, the pcap) before that.
 
 from __future__ import annotations
 
-import errno
 import re
 import shutil
 import socket
@@ -23,9 +22,9 @@ import pytest
 
 from conformance.harness import trace as tracing
 from conformance.harness.capture import Capture, CaptureUnavailable
+from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
 from conformance.harness.process import Proc, Runner, pdeath_guard
-from conformance.harness.inspect import listening
 from conformance.harness.readiness import Listener, NotReady, wait_listening
 from conformance.target import Program, Target
 
@@ -151,7 +150,7 @@ class Testbed:
 
     # -- servers ----------------------------------------------------------------------
 
-    def server_argv(self, transport: str, port: int | None, path: str | None,
+    def server_argv(self, transport: str, port: int | str | None, path: str | None,
                     options: dict[str, dict[str, object]] | None = None) -> list[str]:
         return self.target.command(self.server_program, transport=transport, port=port,
                                    host=LOOPBACK[transport], path=path or "", data="",
@@ -228,7 +227,7 @@ class Testbed:
 
     # -- clients --------------------------------------------------------------------------
 
-    def client_argv(self, transport: str, port: int | None, path: str | None = None,
+    def client_argv(self, transport: str, port: int | str | None, path: str | None = None,
                     host: str | None = None) -> list[str]:
         return self.target.command(self.client_program, transport=transport, port=port,
                                    host=host if host is not None else LOOPBACK[transport],
