@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Wall time of `sockconf check --profile hello`: the built-in reference and the C pair
+(fixtures/hello good_server + good_client), each with -n 0 (one process, the default),
+-n 1 and -n 2 (pytest-xdist workers).
+
+The C fixtures are built with cc into a temporary folder laid out like the tests'
+(T/bin/NAME, T/targets/good.toml).  Each configuration runs --repeat times; the runs
+are interleaved round-robin (rep 1 of every configuration, then rep 2, ...) so that a
+drift of the machine does not favour one configuration.  Every run must exit 0
+(conformant); the script exits 1 otherwise.
+
+    python3 bench/check_walltime.py [--repeat 3] [--jobs 0 1 2] [--timeout 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import build_hello, print_machine, run_group, stats, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration (default 3)")
+    ap.add_argument("--jobs", type=int, nargs="+", default=[0, 1, 2], metavar="N",
+                    help="values of -n to time (default: 0 1 2)")
+    ap.add_argument("--targets", nargs="+", choices=["reference", "c"],
+                    default=["reference", "c"], help="what to check (default: both)")
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds after which one run is killed (default 900)")
+    ap.add_argument("--sockconf", default=shutil.which("sockconf") or "sockconf",
+                    help="the sockconf executable (default: the one on PATH)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary build folder")
+    args = ap.parse_args(argv)
+
+    print_machine()
+    tmp = Path(tempfile.mkdtemp(prefix="sockconf-bench-"))
+    try:
+        build = build_hello(tmp / "T")
+        target = build / "targets" / "good.toml"
+        commands: dict[str, list[str]] = {}
+        for what in args.targets:
+            for n in args.jobs:
+                base = [args.sockconf, "check"]
+                if what == "c":
+                    base.append(str(target))
+                commands[f"{what} -n {n}"] = [*base, "--profile", "hello", "-n", str(n)]
+        times: dict[str, list[float]] = {k: [] for k in commands}
+        statuses: dict[str, list[str]] = {k: [] for k in commands}
+        summaries: dict[str, str] = {}
+        for rep in range(1, args.repeat + 1):
+            for key, cmd in commands.items():
+                t0 = time.perf_counter()
+                rc, out = run_group(cmd, timeout=args.timeout, cwd=tmp)
+                dt = time.perf_counter() - t0
+                times[key].append(dt)
+                statuses[key].append("timeout" if rc is None else str(rc))
+                summary = _summary(out)
+                summaries.setdefault(key, summary)
+                print(f"[{rep}/{args.repeat}] {key:14s} {dt:7.2f} s  exit {statuses[key][-1]}"
+                      f"  {summary}", flush=True)
+                if rc != 0:
+                    print(out[-3000:], file=sys.stderr)
+        print()
+        print("commands (T = the temporary build folder):")
+        for key, cmd in commands.items():
+            shown = " ".join(cmd).replace(str(build), "T").replace(args.sockconf, "sockconf")
+            print(f"  {key:14s} {shown}")
+        print()
+        rows = []
+        for key in commands:
+            med, lo, hi = stats(times[key])
+            what, _, n = key.partition(" -n ")
+            rows.append([
+                "reference (built-in)" if what == "reference" else "C pair (good.toml)",
+                n, str(len(times[key])), f"{med:.2f}", f"{lo:.2f}", f"{hi:.2f}",
+                ", ".join(sorted(set(statuses[key]))), summaries[key],
+            ])
+        print(table(["target", "-n", "runs", "median s", "min s", "max s", "exit",
+                     "verdict / pytest summary"], rows))
+        ok = all(s == "0" for v in statuses.values() for s in v)
+        if not ok:
+            print("\nsome run did not exit 0", file=sys.stderr)
+        return 0 if ok else 1
+    finally:
+        if args.keep:
+            print(f"\nbuild kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _summary(out: str) -> str:
+    """'CONFORMANT: 27 pass, ...; 82 passed' from the output of sockconf check."""
+    verdict = re.search(r"^\s*((?:NOT )?CONFORMANT: [^\n]*)$", out, re.M)
+    tests = re.findall(r"^=*\s*(\d+ passed[^\n]*?) in [\d.]+s", out, re.M)
+    parts = []
+    if verdict:
+        parts.append(verdict.group(1).strip())
+    if tests:
+        parts.append(f"pytest: {tests[-1].strip()}")
+    return "; ".join(parts) or "(no summary line)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
