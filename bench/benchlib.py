@@ -89,6 +89,14 @@ def print_machine() -> None:
     m = machine()
     print(f"machine: nproc={m['nproc']}; CPU: {m['cpu']}; kernel: {m['kernel']}; "
           f"python: {m['python']}; root: {m['root']}")
+    print_load("at start")
+
+
+def print_load(when: str) -> None:
+    """The 1/5/15-minute load averages: other work on the machine skews the numbers."""
+    one, five, fifteen = os.getloadavg()
+    print(f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} "
+          f"(nproc {os.cpu_count()})", flush=True)
 
 
 def stats(values: Sequence[float]) -> tuple[float, float, float]:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import build_hello, print_machine, run_group, stats, table
+from benchlib import build_hello, print_load, print_machine, run_group, stats, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"  {summary}", flush=True)
                 if rc != 0:
                     print(out[-3000:], file=sys.stderr)
+        print_load("at end")
         print()
         print("commands (T = the temporary build folder):")
         for key, cmd in commands.items():

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import py  # pytest's py.path shim: the xprocess fixture's rootdir is a py.path.local
-from benchlib import build_hello, print_machine, stats, table
+from benchlib import build_hello, print_load, print_machine, stats, table
 from mirakuru import TCPExecutor
 from xprocess import ProcessStarter, XProcess
 
@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{rep + 1}/{args.runs}] {tool.name:9s} {lat}  probes "
                           f"{run.connected}/{run.attempts}  client: {run.client}  "
                           f"server exit {run.server_exit}  {run.error}", flush=True)
+        print_load("at end")
         print()
         rows = []
         for tool in tools:

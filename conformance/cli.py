@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("targets", nargs="+")
     m.add_argument("--html", metavar="FILE")
     m.add_argument("--strict", action="store_true")
+    m.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN")
     m.add_argument("-n", dest="workers", default="0")
     return p
 
@@ -132,6 +133,8 @@ def matrix(a: argparse.Namespace) -> int:
             out = Path(tmp) / f"{i}.json"
             cmd = [sys.executable, "-m", "conformance", "check", t, "--report-json", str(out),
                    "-n", str(a.workers)] + (["--strict"] if a.strict else [])
+            if a.clause:
+                cmd += ["--clause", *a.clause]
             rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode
             if rc in (EXIT_USAGE, EXIT_SUITE) or not out.exists():
                 print(f"sockconf: {t}: check failed with exit status {rc}", file=sys.stderr)

@@ -66,12 +66,30 @@ def _collects_checks(config: pytest.Config) -> bool:
     return False
 
 
+def _register_hypothesis_profiles() -> None:
+    """`--hypothesis-profile ci|dev|nightly` (INTERFACE.md): registered before
+    hypothesis' own plugin loads the chosen profile."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # pragma: no cover - hypothesis is a dependency
+        return
+    slow = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
+                              suppress_health_check=slow, print_blob=True)
+    settings.register_profile("dev", max_examples=100, deadline=None,
+                              suppress_health_check=slow, print_blob=True)
+    settings.register_profile("nightly", max_examples=5000, deadline=None,
+                              suppress_health_check=slow, print_blob=True)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the REQUIREMENTS.md clause a check proves")
     active = _given(config) or _collects_checks(config)
     config.stash[RECORDS_KEY] = {}
     if not active:
         return
+    _register_hypothesis_profiles()
     try:
         target = resolve(config.getoption("sockconf_target"), config.getoption("sockconf_server"),
                          config.getoption("sockconf_client"), config.getoption("sockconf_profile"))

@@ -258,3 +258,49 @@ def tempfile_dir() -> str:
     d = tempfile.mkdtemp(prefix="sockconf-nobody-", dir="/tmp")
     os.chmod(d, 0o755)
     return d
+
+
+# -- serve, matrix, hypothesis profiles ----------------------------------------------------------
+
+def test_serve_runs_the_reference_server(tmp_path: Path) -> None:
+    from conformance.harness import peers
+    from conformance.harness.process import Runner
+    from conformance.harness.readiness import wait_listening
+
+    runner = Runner(tmp_path)
+    try:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = runner.spawn([sys.executable, "-m", "conformance", "serve", "hello", str(port),
+                             "--backlog", "7"])
+        listener = wait_listening(proc.pid, transport="tcp4", port=port, timeout=10,
+                                  exited=proc.poll)
+        assert listener.entry.local == ("0.0.0.0", port)
+        got = peers.fetch_greeting("tcp4", port)
+        assert got.data == b"Hello World!\0" and got.end == "fin"
+        assert proc.wait(5) == 0
+    finally:
+        runner.close()
+
+
+def test_matrix_side_by_side(tmp_path: Path) -> None:
+    d = _build(tmp_path / "bin", "good_server", "good_client", "m_hello1_no_nul")
+    good = _target_file(d)
+    (d / "bad").mkdir()
+    bad = _target_file(d / "bad", server="../m_hello1_no_nul", client="../good_client")
+    html = tmp_path / "m.html"
+    res = subprocess.run([sys.executable, "-m", "conformance", "matrix", str(good), str(bad),
+                          "--clause", "HELLO-1", "--html", str(html)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    row = next(line for line in res.stdout.splitlines() if line.startswith("HELLO-1"))
+    assert row.split()[1:] == ["pass", "fail"]
+    assert 'class="fail"' in html.read_text()
+
+
+def test_hypothesis_profiles_are_selectable(tmp_path: Path) -> None:
+    res = sockconf("check", "--clause", "HELLO-1", "--hypothesis-profile", "ci",
+                   "--hypothesis-seed", "1", tmp_path=tmp_path)
+    assert res.rc == 0, res.explain()

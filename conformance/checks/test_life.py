@@ -179,7 +179,11 @@ def test_sigterm(bed: Testbed, server_transport: str) -> None:
         raise Violation("still running 1 s after SIGTERM")
     took = time.monotonic() - t0
     if server_transport == "unix":
-        return
+        try:
+            peers.connect("unix", path=srv.path, timeout=1.0).close()
+        except OSError:
+            return
+        raise Violation(f"ended {took:.2f} s after SIGTERM but something still accepts on {srv.path}")
     assert srv.port is not None
     listeners = [e for e in sockets_on_port(srv.port) if e.state == "LISTEN"]
     if listeners:

@@ -159,6 +159,15 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _prlimit(rlimits: Mapping[str, tuple[int, int]]) -> list[str]:
+    if not rlimits:
+        return []
+    tool = shutil.which("prlimit")
+    if tool is None:
+        raise FileNotFoundError("rlimits need util-linux prlimit, which is not installed")
+    return [tool, *(f"--{res}={soft}:{hard}" for res, (soft, hard) in rlimits.items()), "--"]
+
+
 def _no_core_files() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
@@ -174,13 +183,17 @@ class Runner:
         _no_core_files()
 
     def spawn(self, argv: Sequence[str], *, name: str = "target", cwd: Path | None = None,
-              env: Mapping[str, str] | None = None) -> Proc:
-        """Start `argv` (argv[0] looked up like a shell does, relative to `cwd`)."""
+              env: Mapping[str, str] | None = None,
+              rlimits: Mapping[str, tuple[int, int]] | None = None) -> Proc:
+        """Start `argv` (argv[0] looked up like a shell does, relative to `cwd`).
+
+        `rlimits` (e.g. {"nofile": (64, 64)}) are set by util-linux `prlimit`
+        exec'ing the target, so they hold from its first instruction."""
         self._seq += 1
         stem = f"{self._seq:02d}-{name}"
         out = self.workdir / f"{stem}.stdout"
         err = self.workdir / f"{stem}.stderr"
-        cmd = [*_PDEATH_PREFIX, *argv]
+        cmd = [*_PDEATH_PREFIX, *_prlimit(rlimits or {}), *argv]
         with open(out, "wb") as fo, open(err, "wb") as fe:
             try:
                 popen = subprocess.Popen(

@@ -1,0 +1,94 @@
+"""Unit tests of the pure parts: clause catalogue, target model, verdict rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conformance import clauses, report
+from conformance.target import TargetFileError, builtin, from_commands, load_file, resolve
+
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "REQUIREMENTS.md"
+
+
+def test_catalogue_matches_requirements_ids() -> None:
+    if not SPEC.exists():
+        pytest.skip("../shared/spec/REQUIREMENTS.md not present beside the checkout")
+    text = SPEC.read_text()
+    ids = set(re.findall(r"\*\*((?:ARGS|ERR|LIFE|HELLO|CLI|ECHO|JSON)-\d+) (MUST|SHOULD)\*\*", text))
+    ids |= {(m, "MUST") for m in re.findall(r"\*\*(OPT-[A-Z]+)\*\*", text)}
+    ids |= {("OPT-SNDBUF", "MUST")} if "OPT-RCVBUF / OPT-SNDBUF" in text else set()
+    ours = {(c.id, c.level) for c in clauses.CATALOGUE}
+    assert ours == ids | {("OPT-RCVBUF", "MUST")}
+
+
+def test_clause_decorator_rejects_unknown_ids() -> None:
+    with pytest.raises(ValueError):
+        clauses.clause("LIFE-99")
+
+
+def test_select_globs() -> None:
+    hello = clauses.applicable("hello")
+    assert [c.id for c in clauses.select(["life-[0-2]"], hello)] == ["LIFE-0", "LIFE-1", "LIFE-2"]
+    assert clauses.select([], hello) == hello
+    assert not any(c.id.startswith("ECHO") for c in hello)
+
+
+def test_target_file_paths_options_and_placeholders(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text('name = "x"\nprofile = "hello"\n[server]\nargv = ["./srv", "{port}"]\n'
+                 'transports = ["tcp4", "unix"]\n[server.transport_argv]\nunix = ["./srv", "-u", "{path}"]\n'
+                 '[server.options]\nlinger = ["--linger", "{seconds}"]\nreuseaddr = []\n')
+    t = load_file(f)
+    assert t.base_dir == tmp_path and t.server is not None
+    assert t.command(t.server, port=5, options={"linger": {"seconds": 0}}) == ["./srv", "5", "--linger", "0"]
+    assert t.command(t.server, transport="unix", path="/tmp/s") == ["./srv", "-u", "/tmp/s"]
+    assert t.server.supports("reuseaddr") and not t.server.supports("keepalive")
+    with pytest.raises(TargetFileError):
+        t.command(t.server, port=5, options={"keepalive": {}})
+
+
+def test_command_strings_split_like_a_shell() -> None:
+    t = from_commands("'./my server' {port} --flag", "./cli {host} {port}", None)
+    assert t.profile == "hello" and t.server and t.client
+    assert t.command(t.server, port=7) == ["./my server", "7", "--flag"]
+    with pytest.raises(TargetFileError):
+        from_commands("./srv {prot}", None, "hello")
+    with pytest.raises(TargetFileError):
+        from_commands("'unterminated", None, "hello")
+
+
+def test_resolve_precedence_and_builtin() -> None:
+    assert resolve(None, None, None, None).name == builtin("reference-hello").name
+    with pytest.raises(TargetFileError):
+        resolve("x.toml", "./srv {port}", None, None)
+    with pytest.raises(TargetFileError):
+        builtin("nope")
+
+
+def _rec(cid: str, outcome: str, suite_error: bool = False) -> report.TestRecord:
+    return report.TestRecord(f"n::{cid}::{outcome}", cid, outcome, suite_error=suite_error)
+
+
+def test_verdict_is_worst_outcome_and_gaps_are_skips() -> None:
+    cat = [clauses.BY_ID[i] for i in ("LIFE-4", "LIFE-5", "HELLO-1", "CLI-1", "LIFE-0")]
+    results = report.judge(cat, [
+        _rec("LIFE-4", "passed"), _rec("LIFE-4", "failed"),       # MUST fail
+        _rec("LIFE-5", "failed"),                                  # SHOULD: warn
+        _rec("HELLO-1", "passed"), _rec("HELLO-1", "skipped"),     # partly unverified: skip
+        _rec("LIFE-0", "failed", suite_error=True),                # our bug: not-testable
+    ])
+    v = {r.clause.id: r.verdict for r in results}
+    assert v == {"LIFE-4": "fail", "LIFE-5": "warn", "HELLO-1": "skip", "CLI-1": "skip",
+                 "LIFE-0": "not-testable"}
+    assert not report.conformant(results, strict=False)
+    assert report.suite_failed(results)
+    only_warn = report.judge([clauses.BY_ID["LIFE-5"]], [_rec("LIFE-5", "failed")])
+    assert report.conformant(only_warn, strict=False)
+    assert not report.conformant(only_warn, strict=True)
+    doc = report.to_json(results, target={"name": "t", "profile": "hello", "file": None}, strict=False)
+    assert doc["summary"] == {"pass": 0, "fail": 1, "warn": 1, "skip": 2, "not-testable": 1}
+    gap = next(c for c in doc["clauses"] if c["id"] == "CLI-1")
+    assert gap["tests"] == [] and "no check" in gap["reason"]
