@@ -12,7 +12,7 @@ from conformance.clauses import clause
 from conformance.harness import peers
 from conformance.harness import trace as tracing
 from conformance.harness.inspect import listen_diag, sockets_on_port
-from conformance.harness.testbed import Testbed, Violation
+from conformance.harness.testbed import Server, Testbed, Violation
 
 WILDCARDS = {"tcp4": ("0.0.0.0", "::"), "tcp6": ("::",)}
 
@@ -97,18 +97,23 @@ def test_one_shot(bed: Testbed, server_transport: str) -> None:
     if rc != 0:
         raise Violation(f"after serving one client: {srv.proc.status()} (expected exit status 0); "
                         f"stderr {srv.proc.stderr()[:120]!r}")
-    if server_transport == "unix":
+    _port_free(srv, "after exit")
+
+
+def _port_free(srv: Server, when: str) -> None:
+    """"The port is free": nothing listens on it (or accepts on the unix path) any
+    more.  TIME_WAIT left by an active close is normal TCP; restarting through it
+    is LIFE-5's concern."""
+    if srv.transport == "unix":
         try:
             peers.connect("unix", path=srv.path, timeout=1.0).close()
         except OSError:
             return
-        raise Violation(f"after exit something still accepts on {srv.path}")
+        raise Violation(f"{when}: something still accepts on {srv.path}")
     assert srv.port is not None
-    # "Free": nothing listens on it any more.  TIME_WAIT left by the server's
-    # active close is normal TCP; restarting through it is LIFE-5's concern.
     listeners = [e for e in sockets_on_port(srv.port) if e.state == "LISTEN"]
     if listeners:
-        raise Violation(f"port {srv.port} still has a listener after exit: {listeners[0].local}")
+        raise Violation(f"{when}: port {srv.port} still has a listener ({listeners[0].local})")
 
 
 # -- LIFE-4 -----------------------------------------------------------------------------------
@@ -178,14 +183,4 @@ def test_sigterm(bed: Testbed, server_transport: str) -> None:
     if rc is None:
         raise Violation("still running 1 s after SIGTERM")
     took = time.monotonic() - t0
-    if server_transport == "unix":
-        try:
-            peers.connect("unix", path=srv.path, timeout=1.0).close()
-        except OSError:
-            return
-        raise Violation(f"ended {took:.2f} s after SIGTERM but something still accepts on {srv.path}")
-    assert srv.port is not None
-    listeners = [e for e in sockets_on_port(srv.port) if e.state == "LISTEN"]
-    if listeners:
-        raise Violation(f"ended {took:.2f} s after SIGTERM ({srv.proc.status()}) but port "
-                        f"{srv.port} still has a listener")
+    _port_free(srv, f"ended {took:.2f} s after SIGTERM ({srv.proc.status()})")
