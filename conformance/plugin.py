@@ -164,8 +164,8 @@ def sockconf_isolation(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def bed(request: pytest.FixtureRequest, sockconf_target: Target,
         sockconf_isolation: Any) -> Iterator[Any]:
-    from conformance.harness.testbed import Testbed
-    workdir = Path(tempfile.mkdtemp(prefix="sockconf-"))
+    from conformance.harness.testbed import Testbed, scratch
+    workdir = Path(tempfile.mkdtemp(prefix="check-", dir=scratch()))
     tb = Testbed(sockconf_target, sockconf_isolation, workdir, name=request.node.name)
     request.node.stash[_BED_KEY] = tb
     try:

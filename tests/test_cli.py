@@ -192,14 +192,18 @@ def _netns_names() -> str:
 def test_no_leftovers_after_run_and_after_ctrl_c(tmp_path: Path) -> None:
     d = _build(tmp_path / "bin", "good_server", "good_client", "m_life3_forever")
     before = _netns_names()
-    res = sockconf("check", str(_target_file(d, server="m_life3_forever")), tmp_path=tmp_path)
+    res = sockconf("check", str(_target_file(d, server="m_life3_forever")), "--clause", "LIFE-*",
+                   "HELLO-1", tmp_path=tmp_path)
     assert res.rc == 1, res.explain()          # LIFE-3 fails: it never exits by itself
     assert _processes_under(d) == []
     # Ctrl-C in a terminal reaches the whole foreground process group.
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "conformance", "check",
                              str(_target_file(d, server="m_life3_forever")), "-n", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     try:
         deadline = time.monotonic() + 60
         while not _processes_under(d) and time.monotonic() < deadline:
@@ -217,6 +221,7 @@ def test_no_leftovers_after_run_and_after_ctrl_c(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert _processes_under(d) == []
     assert _netns_names() == before
+    assert list(scratch.iterdir()) == []   # no scratch directory survived the interrupt
 
 
 # -- non-root ---------------------------------------------------------------------------------------------

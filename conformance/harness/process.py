@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sysconfig
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,9 +225,23 @@ def timed_out(proc: Proc) -> bool:
     return bool(getattr(proc, "timed_out", False))
 
 
+_CLEANUPS: list[Callable[[], None]] = []
+
+
+def on_exit(fn: Callable[[], None]) -> None:
+    """Run `fn` when this process ends normally, on Ctrl-C, or on SIGTERM/SIGHUP
+    (after every target is dead): e.g. remove scratch directories."""
+    _CLEANUPS.append(fn)
+
+
 def kill_all() -> None:
     for proc in list(_LIVE.values()):
         proc.kill()
+    while _CLEANUPS:
+        try:
+            _CLEANUPS.pop()()
+        except Exception:  # noqa: S110 - best effort at exit
+            pass
 
 
 def _on_signal(signum: int, frame: object) -> None:

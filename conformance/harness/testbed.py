@@ -24,7 +24,7 @@ from conformance.harness import trace as tracing
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
-from conformance.harness.process import Proc, Runner, pdeath_guard
+from conformance.harness.process import Proc, Runner, on_exit, pdeath_guard
 from conformance.harness.readiness import Listener, NotReady, wait_listening
 from conformance.target import Program, Target
 
@@ -137,7 +137,7 @@ class Testbed:
     def unix_path(self, name: str = "srv.sock") -> str:
         # sun_path holds 107 bytes: keep socket paths short, outside the workdir.
         if self._sockdir is None:
-            self._sockdir = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
+            self._sockdir = Path(tempfile.mkdtemp(prefix="", dir=scratch("sc-", short=True)))
         return str(self._sockdir / name)
 
     def need_strace(self) -> None:
@@ -298,6 +298,20 @@ class Testbed:
                 self.capture.stop()
             if self._sockdir is not None:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+_SCRATCH: dict[str, Path] = {}
+
+
+def scratch(prefix: str = "sockconf-", *, short: bool = False) -> Path:
+    """This process's scratch directory (one per prefix; in $TMPDIR, or in /tmp
+    when `short` paths are needed): removed when the process ends, also on Ctrl-C
+    or SIGTERM, so an interrupted run leaves nothing behind."""
+    if prefix not in _SCRATCH:
+        d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if short else None))
+        _SCRATCH[prefix] = d
+        on_exit(lambda: shutil.rmtree(d, ignore_errors=True))
+    return _SCRATCH[prefix]
 
 
 def lines(data: bytes) -> list[str]:
