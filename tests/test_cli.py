@@ -221,7 +221,9 @@ def test_no_leftovers_after_run_and_after_ctrl_c(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert _processes_under(d) == []
     assert _netns_names() == before
-    assert list(scratch.iterdir()) == []   # no scratch directory survived the interrupt
+    # No scratch directory of ours survived the interrupt (pytest keeps its own
+    # basetemp there under its retention policy: not ours to judge).
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(("sockconf-", "sc-"))] == []
 
 
 # -- non-root ---------------------------------------------------------------------------------------------
