@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pytest_args(a: argparse.Namespace) -> list[str]:
     args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
-            "--rootdir", str(PKG), "--confcutdir", str(PKG), "-p", "no:cacheprovider", "-p", "no:xprocess", "-n", str(a.workers),
+            "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess", "-n", str(a.workers),
             "--sockconf-isolation", a.isolation]
     args += ["-v", "--tb=short"] if a.verbose else ["-q", "--tb=no", "--no-header"]
     repro = ["sockconf", "check"]

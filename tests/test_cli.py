@@ -311,3 +311,14 @@ def test_hypothesis_profiles_are_selectable(tmp_path: Path) -> None:
     res = sockconf("check", "--clause", "HELLO-1", "--hypothesis-profile", "ci",
                    "--hypothesis-seed", "1", tmp_path=tmp_path)
     assert res.rc == 0, res.explain()
+
+
+def test_users_own_pytest_setup_does_not_leak_in(tmp_path: Path) -> None:
+    # A project directory with its own (here: broken) conftest files and pytest
+    # configuration: `sockconf check` run from there must not pick them up.
+    (tmp_path / "conftest.py").write_text("raise RuntimeError('user conftest loaded')\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text("raise RuntimeError('user conftest loaded')\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = --definitely-not-an-option\n")
+    res = sockconf("check", "--clause", "HELLO-1", tmp_path=tmp_path)
+    assert res.rc == 0, res.explain()
