@@ -125,7 +125,10 @@ def fetch_greeting(transport: str, port: int | None = None, path: str | None = N
     sock = connect(transport, port, path, timeout)
     try:
         if send_before:
-            sock.sendall(send_before)
+            try:
+                sock.sendall(send_before)
+            except OSError:
+                pass  # the server already reset: what it sent before is still readable
         got = read_until_end(sock, timeout, t0=t0)
         if send_after and got.end == "fin":
             time.sleep(after_delay)
