@@ -28,7 +28,6 @@ from conformance import report as rep
 from conformance.target import Target, TargetFileError, resolve
 
 TARGET_KEY = pytest.StashKey[Target]()
-RECORDS_KEY = pytest.StashKey[dict[str, rep.TestRecord]]()
 RESULTS_KEY = pytest.StashKey[list[rep.ClauseResult]]()
 
 _PROPS = "sockconf"
@@ -86,7 +85,6 @@ def _register_hypothesis_profiles() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the REQUIREMENTS.md clause a check proves")
     active = _given(config) or _collects_checks(config)
-    config.stash[RECORDS_KEY] = {}
     if not active:
         return
     _register_hypothesis_profiles()

@@ -15,7 +15,7 @@ import pytest
 
 from conformance.harness import peers
 from conformance.harness import trace as tracing
-from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
+from conformance.harness.testbed import ClientRun, Testbed, Violation, lines
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
@@ -82,17 +82,6 @@ def without_positionals(argv: list[str], template: tuple[str, ...], placeholders
     """`argv` minus the arguments whose template carries one of `placeholders`."""
     return [a for a, t in zip(argv, template, strict=True)
             if not any("{" + p + "}" in t for p in placeholders)]
-
-
-# -- running the target once, normally -------------------------------------------------------
-
-def serve_one(bed: Testbed, srv: Server, *, timeout: float = 5.0) -> peers.Received:
-    got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=timeout)
-    return got
-
-
-def wait_exit(bed: Testbed, srv: Server, timeout: float = 5.0) -> int | None:
-    return srv.proc.wait(timeout)
 
 
 # -- 2-phase fault injection -------------------------------------------------------------------

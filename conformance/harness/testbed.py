@@ -112,9 +112,6 @@ class Testbed:
             pytest.skip("the target declares no client")
         return self.target.client
 
-    def server_transports(self) -> tuple[str, ...]:
-        return self.server_program.transports
-
     def primary(self, program: Program) -> str:
         """The transport checks use when the clause is not about transports."""
         return "tcp4" if "tcp4" in program.transports else program.transports[0]
