@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -801,63 +802,57 @@ def _client(host: str, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def test_client_prints_a_greeting_sent_one_byte_at_a_time() -> None:
-    with _listener() as lst:
-        port = lst.getsockname()[1]
-        proc = _client("127.0.0.1", port)
+def _client_against(serve: Callable[[socket.socket, Any], None],
+                    family: int = socket.AF_INET, host: str = "127.0.0.1"
+                    ) -> tuple[int | None, bytes, bytes]:
+    """Run the reference client against a listener whose one connection `serve`
+    handles; returns (exit status, stdout, stderr).  The client is killed on any
+    failure."""
+    with _listener(family, host) as lst:
+        proc = _client(host, lst.getsockname()[1])
         try:
             conn, peer = lst.accept()
             with conn:
-                assert peer[0] == "127.0.0.1"
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for i in range(13):
-                    conn.sendall(GREETING[i : i + 1])
-                    time.sleep(0.01)
-                conn.settimeout(TIMEOUT)
-                # the client sends nothing and closes after the 13th byte (FIN)
-                assert conn.recv(100) == b""
-                out, err = proc.communicate(timeout=TIMEOUT)
-            assert (proc.returncode, out, err) == (0, MESSAGE, b"")
+                serve(conn, peer)
+            out, err = proc.communicate(timeout=TIMEOUT)
+            return proc.returncode, out, err
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+
+
+def test_client_prints_a_greeting_sent_one_byte_at_a_time() -> None:
+    def one_byte_segments(conn: socket.socket, peer: Any) -> None:
+        assert peer[0] == "127.0.0.1"
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(13):
+            conn.sendall(GREETING[i : i + 1])
+            time.sleep(0.01)
+        conn.settimeout(TIMEOUT)
+        # the client sends nothing and closes after the 13th byte (FIN)
+        assert conn.recv(100) == b""
+
+    assert _client_against(one_byte_segments) == (0, MESSAGE, b"")
 
 
 @pytest.mark.parametrize("sent", [b"", b"Hello", GREETING[:12], GREETING + b"extra"])
 def test_client_short_or_long_greeting_is_a_read_error(sent: bytes) -> None:
-    with _listener() as lst:
-        port = lst.getsockname()[1]
-        proc = _client("127.0.0.1", port)
-        try:
-            conn, _ = lst.accept()
-            with conn:
-                if sent:
-                    conn.sendall(sent)
-                conn.shutdown(socket.SHUT_WR)
-                out, err = proc.communicate(timeout=TIMEOUT)
-            assert (proc.returncode, out, err) == (1, b"", b"read() error!\n")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    def send_then_fin(conn: socket.socket, peer: Any) -> None:
+        if sent:
+            conn.sendall(sent)
+        conn.shutdown(socket.SHUT_WR)
+
+    assert _client_against(send_then_fin) == (1, b"", b"read() error!\n")
 
 
 def test_client_reset_before_greeting_is_a_read_error() -> None:
-    with _listener() as lst:
-        port = lst.getsockname()[1]
-        proc = _client("127.0.0.1", port)
-        try:
-            conn, _ = lst.accept()
-            conn.sendall(b"Hel")
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()  # RST
-            out, err = proc.communicate(timeout=TIMEOUT)
-            assert (proc.returncode, out, err) == (1, b"", b"read() error!\n")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    def partial_then_rst(conn: socket.socket, peer: Any) -> None:
+        conn.sendall(b"Hel")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    assert _client_against(partial_then_rst) == (1, b"", b"read() error!\n")
 
 
 def test_client_connection_refused() -> None:
@@ -871,19 +866,8 @@ def test_client_connection_refused() -> None:
 def test_client_ipv6() -> None:
     if not _ipv6_loopback():
         pytest.skip("no IPv6 loopback")
-    with _listener(socket.AF_INET6, "::1") as lst:
-        port = lst.getsockname()[1]
-        proc = _client("::1", port)
-        try:
-            conn, _ = lst.accept()
-            with conn:
-                conn.sendall(GREETING)
-                out, err = proc.communicate(timeout=TIMEOUT)
-            assert (proc.returncode, out, err) == (0, MESSAGE, b"")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    result = _client_against(lambda conn, peer: conn.sendall(GREETING), socket.AF_INET6, "::1")
+    assert result == (0, MESSAGE, b"")
 
 
 def test_client_against_reference_server() -> None:
