@@ -131,3 +131,16 @@ def clause(clause_id: str) -> Callable[[F], F]:
         return pytest.mark.clause(clause_id)(fn)  # type: ignore[no-any-return]
 
     return mark
+
+
+# A check of the client program: deselected (with the reason shown on its clause)
+# when the target declares no client, so a server-only target's clauses are judged
+# by their server checks alone instead of turning into "skip".
+client_side = pytest.mark.sockconf_side("client")
+
+
+def transports(*names: str) -> pytest.MarkDecorator:
+    """The transports a check with a `server_transport` argument applies to: it is
+    parametrized with those the target declares (ECHO-1 is about streams: a udp4
+    transport is not a skipped case of it, it is not a case at all)."""
+    return pytest.mark.sockconf_transports(*names)

@@ -21,6 +21,7 @@ from conformance.target import TargetFileError, builtin, builtin_names, resolve
 
 EXIT_OK, EXIT_NONCONFORMANT, EXIT_USAGE, EXIT_SUITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PKG = Path(__file__).parent
+PROFILES = ["hello", "echo", "jsondoc"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("target", nargs="?", help="target file (TOML) or built-in target name")
     c.add_argument("--server", metavar="CMD", help='server command line, e.g. "./hello_server {port}"')
     c.add_argument("--client", metavar="CMD", help='client command line, e.g. "./hello_client {host} {port}"')
-    c.add_argument("--profile", choices=["hello", "echo", "jsondoc"])
+    c.add_argument("--profile", choices=PROFILES)
     c.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN",
                    help="only these clauses (globs: LIFE-*, ERR-1)")
     c.add_argument("--strict", action="store_true", help="a SHOULD failure is non-conformant too")
@@ -49,9 +50,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra argument for pytest (repeatable)")
 
     s = sub.add_parser("serve", help="run a reference server in the foreground")
-    s.add_argument("profile", choices=["hello"])
+    s.add_argument("profile", choices=PROFILES)
     s.add_argument("port")
-    s.add_argument("options", nargs=argparse.REMAINDER, help="server options (--backlog 16 ...)")
+    s.add_argument("options", nargs=argparse.REMAINDER,
+                   help="server options (--backlog 16, --data PATH for jsondoc, ...)")
+
+    cl = sub.add_parser("client", help="talk to a server as a person would")
+    cl.add_argument("profile", choices=["jsondoc"])
+    cl.add_argument("args", nargs=argparse.REMAINDER,
+                    help="HOST PORT [REQUEST] (requests from stdin without REQUEST)")
 
     sub.add_parser("targets", help="list built-in targets")
 
@@ -97,6 +104,8 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
 
 
 def check(a: argparse.Namespace) -> int:
+    if not (a.target or a.server or a.client or a.profile):
+        return check_all_references(a)
     try:
         resolve(a.target, a.server, a.client, a.profile)
     except TargetFileError as e:
@@ -112,10 +121,68 @@ def check(a: argparse.Namespace) -> int:
             4: EXIT_USAGE, 5: EXIT_USAGE}.get(int(rc), EXIT_SUITE)
 
 
-def serve(a: argparse.Namespace) -> int:
-    from reference_impl.hello import server
+def check_all_references(a: argparse.Namespace) -> int:
+    """`sockconf check` with no target: the built-in reference, all profiles —
+    one run per profile (each a complete report), then one combined verdict.
 
-    return server.main([f"sockconf serve {a.profile}", a.port, *a.options])
+    The combined JSON keeps INTERFACE.md's shape (a clause's verdict is its worst
+    over the profiles, its tests are all of theirs) and adds `profiles`, the
+    per-profile reports in full."""
+    from conformance import report as rep
+
+    docs: dict[str, dict[str, object]] = {}
+    worst = EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="sockconf-all-") as tmp:
+        for profile in PROFILES:
+            out = Path(tmp) / f"{profile}.json"
+            argv = [sys.executable, "-m", "conformance", "check", f"reference-{profile}",
+                    "--report-json", str(out), *_passthrough(a)]
+            print(f"== sockconf check reference-{profile}", flush=True)
+            try:
+                rc = subprocess.run(argv, check=False).returncode
+            except KeyboardInterrupt:
+                return EXIT_INTERRUPTED
+            if rc in (EXIT_USAGE, EXIT_SUITE, EXIT_INTERRUPTED) or rc < 0:
+                return EXIT_INTERRUPTED if rc < 0 else rc
+            worst = max(worst, rc)
+            if out.exists():
+                docs[profile] = json.loads(out.read_text())
+    if a.report_json and docs:
+        rep.write_json(a.report_json, rep.combine(docs, strict=a.strict))
+    print(f"== all profiles: {'conformant' if worst == EXIT_OK else 'NOT conformant'} "
+          f"({', '.join(docs)})")
+    return worst
+
+
+def _passthrough(a: argparse.Namespace) -> list[str]:
+    """The options of `check` that every per-profile run shares."""
+    out = ["-n", str(a.workers), "--isolation", a.isolation]
+    for pat in a.clause:
+        out += ["--clause", pat]
+    for flag, on in (("--strict", a.strict), ("--verbose", a.verbose)):
+        if on:
+            out.append(flag)
+    for flag, val in (("--artifacts", a.artifacts), ("--hypothesis-profile", a.hypothesis_profile),
+                      ("--hypothesis-seed", a.hypothesis_seed)):
+        if val:
+            out += [flag, val]
+    for extra in a.pytest_arg:
+        out += ["--pytest-arg", extra]
+    return out
+
+
+def serve(a: argparse.Namespace) -> int:
+    import importlib
+
+    server = importlib.import_module(f"reference_impl.{a.profile}.server")
+    return int(server.main([f"sockconf serve {a.profile}", a.port, *a.options]))
+
+
+def client(a: argparse.Namespace) -> int:
+    import importlib
+
+    program = importlib.import_module(f"reference_impl.{a.profile}.client")
+    return int(program.main([f"sockconf client {a.profile}", *a.args]))
 
 
 def targets(_: argparse.Namespace) -> int:
@@ -163,7 +230,8 @@ def matrix(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    return {"check": check, "serve": serve, "targets": targets, "matrix": matrix}[a.command](a)
+    return {"check": check, "serve": serve, "client": client, "targets": targets,
+            "matrix": matrix}[a.command](a)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from conformance.target import Target, TargetFileError, resolve
 
 TARGET_KEY = pytest.StashKey[Target]()
 RESULTS_KEY = pytest.StashKey[list[rep.ClauseResult]]()
+NOT_RUN_KEY = pytest.StashKey[dict[str, str]]()
 
 _PROPS = "sockconf"
 
@@ -72,22 +73,46 @@ def _register_hypothesis_profiles() -> None:
         from hypothesis import HealthCheck, settings
     except ImportError:  # pragma: no cover - hypothesis is a dependency
         return
-    slow = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-    settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
-                              suppress_health_check=slow, print_blob=True)
-    settings.register_profile("dev", max_examples=100, deadline=None,
-                              suppress_health_check=slow, print_blob=True)
-    settings.register_profile("nightly", max_examples=5000, deadline=None,
-                              suppress_health_check=slow, print_blob=True)
+    # Checks drive real processes: examples are slow and data-heavy by nature, and a
+    # server fixture is reused across examples on purpose.  database=None: a
+    # conformance run never writes a .hypothesis/ folder into the user's cwd; a
+    # finding is replayed from its seed (or derandomized profile) instead.
+    slow = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large, HealthCheck.large_base_example]
+    common: dict[str, Any] = {"deadline": None, "suppress_health_check": slow,
+                              "print_blob": True, "database": None}
+    settings.register_profile("ci", max_examples=25, derandomize=True, **common)
+    settings.register_profile("dev", max_examples=100, **common)
+    settings.register_profile("nightly", max_examples=5000, **common)
+
+
+def _choose_hypothesis(config: pytest.Config) -> None:
+    """The ci profile unless another is chosen; a seed always (given or drawn
+    here), so that every fuzz finding's reproduce line names the seed that
+    replays it.  Set on the controller before the workers start: xdist copies
+    the options, so every worker draws from the same seed."""
+    if not hasattr(config.option, "hypothesis_profile"):
+        return
+    if not config.option.hypothesis_profile:
+        config.option.hypothesis_profile = "ci"
+        from hypothesis import settings
+        settings.load_profile("ci")
+    if not config.option.hypothesis_seed and not hasattr(config, "workerinput"):
+        import random
+        config.option.hypothesis_seed = str(random.SystemRandom().randrange(1, 2**32))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the REQUIREMENTS.md clause a check proves")
+    config.addinivalue_line("markers", "sockconf_side(side): a check of the target's client")
+    config.addinivalue_line("markers",
+                            "sockconf_transports(*names): the transports a check applies to")
     active = _given(config) or _collects_checks(config)
     if not active:
         return
     _register_hypothesis_profiles()
+    _choose_hypothesis(config)
     try:
         target = resolve(config.getoption("sockconf_target"), config.getoption("sockconf_server"),
                          config.getoption("sockconf_client"), config.getoption("sockconf_profile"))
@@ -121,6 +146,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if arg in metafunc.fixturenames:
             prog = getattr(_target(metafunc.config), side)
             transports = list(prog.transports) if prog else ["none"]
+            m = metafunc.definition.get_closest_marker("sockconf_transports")
+            if m is not None and prog:
+                transports = [t for t in transports if t in m.args]
+                if not transports:
+                    why = (f"the target declares none of the transports this check is about "
+                           f"({', '.join(m.args)})")
+                    metafunc.parametrize(arg, [pytest.param("none", marks=pytest.mark.skip(why))])
+                    continue
             metafunc.parametrize(arg, transports)
 
 
@@ -134,16 +167,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                                              catalogue.applicable(target.profile))}
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
+    why_not: dict[str, str] = {}
     for item in items:
         m = item.get_closest_marker("clause")
         if m is None:
             keep.append(item)
             continue
         cid = m.args[0]
-        (keep if cid in applicable and cid in wanted else drop).append(item)
+        if cid not in applicable or cid not in wanted:
+            drop.append(item)
+            continue
+        client = item.get_closest_marker("sockconf_side") is not None
+        prog = target.client if client else target.server
+        if prog is None:
+            # Not a skipped case: that side of the clause does not exist here.
+            drop.append(item)
+            why_not[cid] = f"the target declares no {'client' if client else 'server'}"
+            continue
+        keep.append(item)
+    config.stash[NOT_RUN_KEY] = why_not
+    if hasattr(config, "workeroutput"):
+        # xdist: workers collect, the controller reports; this travels back to it
+        # when the worker goes down (pytest_testnodedown).
+        config.workeroutput["sockconf_not_run"] = why_not
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    why_not = getattr(node, "workeroutput", {}).get("sockconf_not_run")
+    if why_not:
+        node.config.stash.setdefault(NOT_RUN_KEY, {}).update(why_not)
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -186,7 +242,7 @@ def _target_failure(exc: BaseException) -> bool:
     return isinstance(exc, AssertionError | OSError | TimeoutError)
 
 
-def _reproduce(config: pytest.Config, clause_id: str) -> str:
+def _reproduce(config: pytest.Config, clause_id: str, fuzz: bool = False) -> str:
     base = config.getoption("sockconf_reproduce")
     if not base:
         parts = ["sockconf", "check"]
@@ -196,7 +252,22 @@ def _reproduce(config: pytest.Config, clause_id: str) -> str:
             if v:
                 parts += ([flag] if flag else []) + [v]
         base = shlex.join(parts)
-    return f"{base} --clause {clause_id}"
+    line = f"{base} --clause {clause_id}"
+    if fuzz:
+        # The same profile and seed generate the same examples, so this line
+        # replays the finding (and shrinks it again to the same minimal example).
+        for opt in ("hypothesis_profile", "hypothesis_seed"):
+            flag = "--" + opt.replace("_", "-")
+            v = getattr(config.option, opt, None)
+            if v and flag not in base.split():
+                line += f" {flag} {shlex.quote(str(v))}"
+    return line
+
+
+def _fuzzed(exc: BaseException) -> bool:
+    """A failure that hypothesis found (and shrank): it carries the falsifying
+    example in its notes."""
+    return any("Falsifying" in str(n) for n in getattr(exc, "__notes__", ()))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -213,7 +284,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     if report.failed and exc is not None:
         props["message"] = _message(exc)
         props["suite_error"] = not _target_failure(exc)
-        props["reproduce"] = _reproduce(item.config, cid)
+        props["reproduce"] = _reproduce(item.config, cid, _fuzzed(exc))
         art = item.config.getoption("sockconf_artifacts")
         tb = item.stash.get(_BED_KEY, None)
         if art and tb is not None:
@@ -236,7 +307,12 @@ def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, AssertionError):
         text = f"{type(exc).__name__}: {text}"
-    return text[:4000]
+    # hypothesis puts the shrunk falsifying example (and the reproduce blob) in
+    # the exception's notes: that is the evidence of a fuzz finding.
+    notes = [str(n) for n in getattr(exc, "__notes__", ()) if str(n).strip()]
+    if notes:
+        text = text[:3000] + "\n" + "\n".join(notes)[:3000]
+    return text[:6000]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -278,6 +354,10 @@ def _results(config: pytest.Config) -> list[rep.ClauseResult] | None:
             gaps[c.id] = f"the target does not declare option {c.option!r}"
         elif c.option:
             gaps[c.id] = "no check implements this option clause yet"
+    # An option clause a check did judge is no gap (judge() only uses the reason
+    # of clauses without records).
+    for cid, why in config.stash.get(NOT_RUN_KEY, {}).items():
+        gaps.setdefault(cid, why)
     results = rep.judge(clauses, _records.values(), gaps)
     config.stash[RESULTS_KEY] = results
     return results

@@ -139,3 +139,40 @@ def terminal_lines(results: list[ClauseResult], *, target: dict[str, Any], stric
     out.append(f"  {verdict}{' (strict)' if strict else ''}: "
                + ", ".join(f"{n} {k}" for k, n in s.items()))
     return out
+
+
+def combine(docs: dict[str, dict[str, Any]], *, strict: bool) -> dict[str, Any]:
+    """One report for several per-profile reports of the same implementation
+    (`sockconf check` with no target: the reference, all profiles).
+
+    INTERFACE.md's shape is kept: a clause's verdict is its worst over the
+    profiles it applies to, and its tests are all of theirs (node ids prefixed
+    with the profile); `profiles` adds each profile's report in full."""
+    clauses: dict[str, dict[str, Any]] = {}
+    for profile, doc in docs.items():
+        for c in doc["clauses"]:
+            merged = clauses.setdefault(c["id"], {k: v for k, v in c.items() if k != "tests"}
+                                        | {"tests": []})
+            if _RANK[c["verdict"]] > _RANK[merged["verdict"]]:
+                merged["verdict"] = c["verdict"]
+                merged.pop("reason", None)
+                if "reason" in c:
+                    merged["reason"] = c["reason"]
+            merged["tests"] += [t | {"nodeid": f"[{profile}] {t['nodeid']}"} for t in c["tests"]]
+    rows = list(clauses.values())
+    counts = dict.fromkeys(VERDICTS, 0)
+    for r in rows:
+        counts[r["verdict"]] += 1
+    bad = {"fail", "warn"} if strict else {"fail"}
+    return {
+        "tool": "sockconf",
+        "version": __version__,
+        "target": {"name": "built-in reference (all profiles)", "profile": ",".join(docs),
+                   "file": None},
+        "strict": strict,
+        "conformant": all(d["conformant"] for d in docs.values())
+        and not any(r["verdict"] in bad for r in rows),
+        "summary": counts,
+        "clauses": rows,
+        "profiles": docs,
+    }

@@ -15,7 +15,7 @@ import pytest
 
 from conformance.harness import peers
 from conformance.harness import trace as tracing
-from conformance.harness.testbed import ClientRun, Testbed, Violation, lines
+from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
@@ -73,6 +73,131 @@ def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> 
         raise Violation(f"reported {message!r} but {run.proc.status()} (expected exit status 1)")
     if stdout_empty and run.stdout:
         raise Violation(f"stdout must stay empty on an error, saw {run.stdout[:200]!r}")
+
+
+# -- the profile's normal exchange -------------------------------------------------------------
+
+ECHO_PROBE = b"sockconf echo probe \x00\xff\n"
+PING = b'{"op":"ping","id":1}\n'
+
+
+def one_shot(bed: Testbed) -> bool:
+    """hello servers serve one client and exit; echo/jsondoc servers keep serving."""
+    return bed.target.profile == "hello"
+
+
+def stream_transport(bed: Testbed) -> str:
+    """The transport of the generic (not transport-specific) server checks: a
+    stream one, since they judge connections; skip for a datagram-only target."""
+    program = bed.server_program
+    for t in ("tcp4", "tcp6", "unix"):
+        if t in program.transports:
+            return t
+    pytest.skip(f"the target declares no stream transport (only {', '.join(program.transports)})")
+
+
+def exchange(bed: Testbed, srv: Server, timeout: float = 5.0) -> peers.Received:
+    """The profile's normal exchange on one connection, as a correct client does
+    it: hello — read the greeting; echo — send a probe, shut down our side, read
+    the echo until FIN; jsondoc — send a ping, shut down our side, read the
+    response until FIN."""
+    profile = bed.target.profile
+    if profile == "hello":
+        return peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=timeout)
+    payload = ECHO_PROBE if profile == "echo" else PING
+    return peers.request(srv.transport, srv.port, srv.path, payload=payload, timeout=timeout)
+
+
+def exchange_problem(bed: Testbed, got: peers.Received) -> str | None:
+    """What is wrong with a normal exchange's outcome, or None.  (hello's
+    greeting has its own clauses; only the payload profiles are judged here.)"""
+    profile = bed.target.profile
+    if profile == "echo" and got.data != ECHO_PROBE:
+        return f"sent {ECHO_PROBE!r} and shut down; got {got.describe()}"
+    if profile == "jsondoc":
+        import json
+        try:
+            line, rest = got.data.split(b"\n", 1)
+            doc = json.loads(line)
+        except ValueError:
+            return f"sent {PING!r} and shut down; got {got.describe()} (not one JSON line)"
+        if rest or not isinstance(doc, dict) or doc.get("ok") is not True or doc.get("id") != 1:
+            return f"sent {PING!r} and shut down; got {got.describe()}"
+    return None
+
+
+def finish(bed: Testbed, srv: Server, timeout: float = 5.0) -> int | None:
+    """End a server after its normal exchange: a one-shot server ends by itself
+    (up to `timeout`, else killed: None); a concurrent one is sent SIGTERM."""
+    if not one_shot(bed):
+        import signal
+        if srv.proc.poll() is None:
+            srv.proc.signal(signal.SIGTERM)
+        rc = srv.proc.wait(min(timeout, 2.0))
+        if rc is None:
+            srv.proc.kill()
+        return rc
+    return bed.stop(srv, timeout)
+
+
+class Session:
+    """An open connection to a concurrent server that does the profile's round
+    trips on demand (echo: a tagged line comes back; jsondoc: a ping with an id
+    is answered with that id) — what LIFE-5/7/8 use to tell "served" from not."""
+
+    def __init__(self, bed: Testbed, srv: Server, timeout: float = 5.0) -> None:
+        self.profile = bed.target.profile
+        self.timeout = timeout
+        self.sock = peers.connect(srv.transport, srv.port, srv.path, timeout)
+        self.buf = b""
+
+    def send(self, tag: int) -> bytes:
+        if self.profile == "echo":
+            msg = f"sockconf round trip {tag:08d}\n".encode()
+        else:
+            msg = b'{"op":"ping","id":%d}\n' % tag
+        self.sock.sendall(msg)
+        return msg
+
+    def receive(self, tag: int, sent: bytes, timeout: float | None = None) -> None:
+        """Wait for the answer to `send(tag)`; Violation if it does not come."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        want = len(sent) if self.profile == "echo" else None
+        while True:
+            if want is not None and len(self.buf) >= want:
+                got, self.buf = self.buf[:want], self.buf[want:]
+                if got != sent:
+                    raise Violation(f"round trip {tag}: sent {sent!r}, got back {got!r}")
+                return
+            if want is None and b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                import json
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict) or doc.get("ok") is not True or doc.get("id") != tag:
+                    raise Violation(f"round trip {tag}: sent {sent!r}, got {line[:200]!r}")
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Violation(f"round trip {tag}: no answer to {sent!r} within "
+                                f"{self.timeout:g} s (got {self.buf[:80]!r})")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise Violation(f"round trip {tag}: the server closed the connection "
+                                f"instead of answering {sent!r}")
+            self.buf += chunk
+
+    def roundtrip(self, tag: int, timeout: float | None = None) -> None:
+        self.receive(tag, self.send(tag), timeout)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # -- argv surgery --------------------------------------------------------------------------
@@ -184,15 +309,53 @@ def server_baseline(bed: Testbed) -> Baseline:
     """One traced normal run of the server (cached per target for the worker's
     session): where its lifecycle calls are, and how a normal exchange ends."""
     bed.need_strace()
-    transport = bed.primary(bed.server_program)
+    transport = stream_transport(bed)
     key = ("server", repr(bed.target), transport)
     if key not in _baselines:
         srv = bed.start_server(transport, trace=True, name="trace-server")
-        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-        rc = bed.stop(srv, 5.0)
+        got = exchange(bed, srv)
+        rc = finish(bed, srv)
         assert srv.trace_log is not None
         points = _fd_role_points(tracing.parse(srv.trace_log), "server")
         _baselines[key] = Baseline(points, got, rc)
+    return _baselines[key]
+
+
+def _connection_points(trace: tracing.Trace) -> dict[str, Point]:
+    """In a trace attached to a running server: the first read and write on the
+    first accepted connection, in whichever thread or child process serves it,
+    with ordinals counted from the attach in that thread (as strace counts)."""
+    calls = trace.calls
+    points: dict[str, Point] = {}
+    acc = next((c for c in calls if c.name in ("accept", "accept4") and c.ret is not None
+                and c.ret >= 0), None)
+    if acc is None:
+        return points
+    after = calls[calls.index(acc):]
+    for step, family in (("read", READ_FAMILY), ("write", WRITE_FAMILY)):
+        # The accepted descriptor number, in the accepting process's threads or
+        # a child forked to serve it (both see the same number).
+        hit = next((c for c in after if c.fd == acc.ret and c.sock and c.name in family), None)
+        if hit is not None:
+            n = sum(1 for c in calls[:calls.index(hit) + 1] if c.pid == hit.pid and c.name == hit.name)
+            points[step] = Point(hit.name, n)
+    return points
+
+
+def attached_baseline(bed: Testbed) -> Baseline:
+    """A normal exchange with a concurrent server traced from after its start-up
+    (strace attached to the listening server): where a connection's first read and
+    write are, counted the way an injection attached the same way counts them."""
+    bed.need_strace()
+    transport = stream_transport(bed)
+    key = ("attached", repr(bed.target), transport)
+    if key not in _baselines:
+        srv = bed.start_server(transport, name="attached-server")
+        log = bed.attach_trace(srv, name="attached-trace")
+        got = exchange(bed, srv)
+        rc = finish(bed, srv)
+        bed.stop(srv, 1.0)
+        _baselines[key] = Baseline(_connection_points(tracing.parse(log)), got, rc)
     return _baselines[key]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conformance.checks import support
-from conformance.clauses import clause
+from conformance.clauses import clause, client_side
 from conformance.harness import trace as tracing
 from conformance.harness.testbed import Testbed, Violation
 
@@ -42,6 +42,7 @@ def test_server_usage(bed: Testbed, count: int) -> None:
     _no_socket_opened(bed, run)
 
 
+@client_side
 @clause("ARGS-2")
 @pytest.mark.parametrize("count", [0, 1, 3], ids=["no-args", "ip-only", "three-args"])
 def test_client_usage(bed: Testbed, count: int) -> None:
@@ -88,6 +89,7 @@ BAD_CLIENT_ARGS = [("999.1.1.1", None), ("1.2.3", None), ("abc", None),
                    (None, "abc"), (None, "0"), (None, "70000"), (None, "-1"), (None, "")]
 
 
+@client_side
 @clause("ARGS-4")
 @pytest.mark.parametrize("host,port", BAD_CLIENT_ARGS,
                          ids=[f"ip-{h}" if h else f"port-{p or 'empty'}" for h, p in BAD_CLIENT_ARGS])

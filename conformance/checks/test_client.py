@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conformance.checks import support
-from conformance.clauses import clause
+from conformance.clauses import clause, client_side
 from conformance.harness import peers
 from conformance.harness import trace as tracing
 from conformance.harness.testbed import Testbed, Violation
@@ -19,6 +19,9 @@ FIN_TO_EXIT_S = 1.0   # CLI-3
 def _peer(bed: Testbed, transport: str, behaviour: peers.Behaviour) -> peers.PeerServer:
     path = bed.unix_path("peer.sock") if transport == "unix" else None
     return peers.PeerServer(behaviour, transport, path=path)
+
+
+pytestmark = client_side
 
 
 @clause("CLI-1")

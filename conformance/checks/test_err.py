@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from conformance.checks import support
-from conformance.clauses import clause
+from conformance.clauses import clause, client_side
 from conformance.harness import peers
 from conformance.harness import trace as tracing
 from conformance.harness.inspect import listening
@@ -65,6 +65,7 @@ def test_bind_failure(bed: Testbed) -> None:
 
 # -- ERR-2 ------------------------------------------------------------------------------------
 
+@client_side
 @clause("ERR-2")
 def test_connect_refused(bed: Testbed) -> None:
     transport = bed.primary(bed.client_program)
@@ -82,6 +83,7 @@ def test_connect_refused(bed: Testbed) -> None:
 EARLY_ENDS = [(0, False), (0, True), (5, False), (5, True)]
 
 
+@client_side
 @clause("ERR-3")
 @pytest.mark.parametrize("nbytes,reset", EARLY_ENDS,
                          ids=[f"{n}B-then-{'RST' if r else 'FIN'}" for n, r in EARLY_ENDS])
@@ -161,6 +163,7 @@ def test_server_accept_emfile(bed: Testbed) -> None:
             client.close()
 
 
+@client_side
 @clause("ERR-4")
 def test_client_socket_emfile(bed: Testbed) -> None:
     p = support.point(support.client_points(bed), "socket", "client")
@@ -198,6 +201,7 @@ def test_server_bad_port_not_on_stdout(bed: Testbed) -> None:
     _stdout_clean(_server_run(bed, srv, 3.0), "server given port 'abc'")
 
 
+@client_side
 @clause("ERR-5")
 @pytest.mark.parametrize("step,errno_", [("socket", "EACCES"), ("connect", "ENETUNREACH"),
                                          ("read", "EIO")])
@@ -208,6 +212,7 @@ def test_client_errors_not_on_stdout(bed: Testbed, step: str, errno_: str) -> No
     _stdout_clean(run, f"client {step}() failed with {errno_}")
 
 
+@client_side
 @clause("ERR-5")
 def test_client_bad_ip_not_on_stdout(bed: Testbed) -> None:
     run = bed.run(bed.client_argv("tcp4", bed.free_port(), host="999.1.1.1"), timeout=5.0)
@@ -219,6 +224,9 @@ def test_client_bad_ip_not_on_stdout(bed: Testbed) -> None:
 @clause("ERR-6")
 @pytest.mark.parametrize("read_first", [0, 1], ids=["reset-at-once", "reset-after-1-byte"])
 def test_no_sigpipe_death(bed: Testbed, read_first: int) -> None:
+    if not support.one_shot(bed):
+        _resets_while_answering(bed, read_first)
+        return
     srv = bed.start_server()
     sock = peers.connect(srv.transport, srv.port, srv.path)
     try:
@@ -238,6 +246,36 @@ def test_no_sigpipe_death(bed: Testbed, read_first: int) -> None:
     # must exit by then is LIFE-3's concern, not this clause's).
 
 
+def _resets_while_answering(bed: Testbed, rounds: int) -> None:
+    """A concurrent server: clients pour in requests without reading the answers,
+    then reset — so the server writes answers to reset connections (first
+    ECONNRESET, then EPIPE, which raises SIGPIPE unless ignored or MSG_NOSIGNAL).
+    Only death by a signal is this clause's concern; a server that stops serving
+    otherwise fails LIFE-8."""
+    srv = bed.start_server(support.stream_transport(bed))
+    if bed.target.profile == "echo":
+        flood = bytes(range(256)) * 2048                       # 512 KiB
+    else:
+        flood = b"".join(b'{"op":"ping","id":%d}\n' % i for i in range(20000))
+    for _ in range(3 + rounds):
+        sock = peers.connect(srv.transport, srv.port, srv.path)
+        try:
+            sock.settimeout(0.5)
+            try:
+                sock.sendall(flood)
+            except OSError:
+                pass  # our buffers are full because the server echoes: enough
+            if srv.transport != "unix":
+                peers.set_linger_abort(sock)
+        finally:
+            sock.close()
+        if srv.proc.wait(0.2) is not None:
+            break
+    rc = srv.proc.wait(0.5)
+    if rc is not None and rc < 0:
+        raise Violation(f"clients reset while the server was answering: server {srv.proc.status()}")
+
+
 # -- ERR-7 ------------------------------------------------------------------------------------
 
 @clause("ERR-7")
@@ -251,6 +289,7 @@ CLIENT_FAULTS = [("socket", "EACCES", "socket() error"),
                  ("connect", "ENETUNREACH", "connect() error!"), ("read", "EIO", "read() error!")]
 
 
+@client_side
 @clause("ERR-7")
 @pytest.mark.parametrize("step,errno_,message", CLIENT_FAULTS, ids=[s for s, _, _ in CLIENT_FAULTS])
 def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: str) -> None:
@@ -272,19 +311,23 @@ def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: s
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["accept", "read", "write"])
 def test_server_eintr_retried(bed: Testbed, step: str) -> None:
+    if step != "accept" and not support.one_shot(bed):
+        _eintr_in_connection(bed, step)
+        return
     base = support.server_baseline(bed)
     if step == "accept":
         inj = tracing.Injection(("accept", "accept4"), "EINTR", 1)
     else:
         inj = support.point(base.points, step, "server").injection("EINTR")
-    srv = bed.start_server(injections=[inj], ready=False, name=f"server-eintr-{step}")
+    srv = bed.start_server(support.stream_transport(bed), injections=[inj], ready=False,
+                           name=f"server-eintr-{step}")
     # An interrupted blocking accept() returns at once: a server that gives up
     # on EINTR may be gone before it is ever seen listening.
     what, _ = bed.exit_or_listen(srv.proc, bed.server_program.startup_timeout)
     got = peers.Received(end="nothing: the server never listened")
     if what == "listen":
-        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-    rc = srv.proc.wait(5.0)
+        got = support.exchange(bed, srv)
+    rc = support.finish(bed, srv)
     status = srv.proc.status()
     # "Retried" means: the exchange goes exactly as it does without the EINTR.
     assert base.received is not None
@@ -301,6 +344,27 @@ def test_server_eintr_retried(bed: Testbed, step: str) -> None:
                     f"with {describe_status(base.rc)}; stderr {srv.proc.stderr()[:120]!r}")
 
 
+def _eintr_in_connection(bed: Testbed, step: str) -> None:
+    """A concurrent server serves connections in other threads or processes: the
+    EINTR is injected through strace attached to the running server, so that it
+    lands on the first read/write of the connection's own thread."""
+    base = support.attached_baseline(bed)
+    p = support.point(base.points, step, "server")
+    srv = bed.start_server(support.stream_transport(bed), name=f"server-eintr-{step}")
+    bed.attach_trace(srv, [p.injection("EINTR")], name=f"eintr-{step}")
+    got = support.exchange(bed, srv)
+    assert base.received is not None
+    if got.data == base.received.data and got.end == base.received.end:
+        return
+    rc = support.finish(bed, srv)
+    bed.stop(srv, 1.0)
+    support.require_landed(srv.trace_log, f"EINTR in {step}()")
+    raise Violation(f"EINTR in the connection's {step}(): the client got {got.describe()}; "
+                    f"without it {base.received.describe()} (server {describe_status(rc)}, "
+                    f"stderr {srv.proc.stderr()[-120:]!r})")
+
+
+@client_side
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["connect", "read"])
 def test_client_eintr_retried(bed: Testbed, step: str) -> None:

@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 
 import pytest
 
 from conformance.checks import support
-from conformance.clauses import clause
+from conformance.clauses import clause, client_side, transports
 from conformance.harness import peers
 from conformance.harness import trace as tracing
 from conformance.harness.inspect import listen_diag, sockets_on_port
 from conformance.harness.testbed import Server, Testbed, Violation
 
-WILDCARDS = {"tcp4": ("0.0.0.0", "::"), "tcp6": ("::",)}
+WILDCARDS = {"tcp4": ("0.0.0.0", "::"), "tcp6": ("::",), "udp4": ("0.0.0.0", "::")}
 
 
 # -- LIFE-0 -----------------------------------------------------------------------------------
 
 @clause("LIFE-0")
 def test_server_syscall_order(bed: Testbed) -> None:
-    srv = bed.start_server(trace=True)
-    peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-    complete = srv.proc.wait(5.0) is not None
-    if not complete:
-        srv.proc.kill()
+    srv = bed.start_server(support.stream_transport(bed), trace=True)
+    support.exchange(bed, srv)
+    # A one-shot server ends by itself (then explicit closes are required); a
+    # concurrent one is stopped by SIGTERM after the exchange.
+    rc = support.finish(bed, srv)
+    complete = rc is not None and support.one_shot(bed)
     assert srv.trace_log is not None
     bad = tracing.lifecycle_violations(tracing.parse(srv.trace_log), "server", complete=complete)
     if bad:
         raise Violation(f"server lifecycle: {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
 
 
+@client_side
 @clause("LIFE-0")
 def test_client_syscall_order(bed: Testbed) -> None:
     bed.need_strace()
@@ -64,7 +68,7 @@ def test_listens_on_wildcard(bed: Testbed, server_transport: str) -> None:
     if addr not in WILDCARDS[server_transport]:
         raise Violation(f"listens on {addr}:{port}, not on the wildcard address "
                         f"({' or '.join(WILDCARDS[server_transport])})")
-    if server_transport == "tcp4" and addr == "::" and entry.v6only:
+    if server_transport in ("tcp4", "udp4") and addr == "::" and entry.v6only:
         raise Violation(f"listens on [::]:{port} with IPV6_V6ONLY: IPv4 clients cannot connect")
 
 
@@ -72,7 +76,7 @@ def test_listens_on_wildcard(bed: Testbed, server_transport: str) -> None:
 
 @clause("LIFE-2")
 def test_backlog_at_least_5(bed: Testbed) -> None:
-    transport = bed.primary(bed.server_program)
+    transport = support.stream_transport(bed)
     if transport == "unix":
         pytest.skip("the backlog is read from the TCP LISTEN socket")
     srv = bed.start_server(transport)
@@ -111,6 +115,12 @@ def _port_free(srv: Server, when: str) -> None:
             return
         raise Violation(f"{when}: something still accepts on {srv.path}")
     assert srv.port is not None
+    if srv.transport == "udp4":
+        bound = [e for e in sockets_on_port(srv.port, local_only=True)
+                 if e.kind.startswith("udp") and e.state == "UNCONN"]
+        if bound:
+            raise Violation(f"{when}: UDP port {srv.port} is still bound ({bound[0].local})")
+        return
     listeners = [e for e in sockets_on_port(srv.port) if e.state == "LISTEN"]
     if listeners:
         raise Violation(f"{when}: port {srv.port} still has a listener ({listeners[0].local})")
@@ -118,11 +128,13 @@ def _port_free(srv: Server, when: str) -> None:
 
 # -- LIFE-4 -----------------------------------------------------------------------------------
 
+@transports("tcp4", "tcp6", "unix")
 @clause("LIFE-4")
 def test_graceful_end(bed: Testbed, server_transport: str) -> None:
     srv = bed.start_server(server_transport)
-    got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-    srv.proc.wait(5.0)
+    got = support.exchange(bed, srv)
+    if support.one_shot(bed):
+        srv.proc.wait(5.0)
     if server_transport == "unix":
         # No wire on AF_UNIX: the socket itself tells FIN (EOF) from reset.
         if got.end != "fin":
@@ -152,14 +164,18 @@ def test_graceful_end(bed: Testbed, server_transport: str) -> None:
 
 @clause("LIFE-5")
 def test_restart_during_time_wait(bed: Testbed) -> None:
-    transport = bed.primary(bed.server_program)
+    transport = support.stream_transport(bed)
     if transport == "unix":
         pytest.skip("TIME_WAIT is a TCP state")
     srv = bed.start_server(transport)
     assert srv.port is not None
-    got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
-    if srv.proc.wait(5.0) is None:
-        pytest.skip(f"the server did not exit after one client ({got.describe()}): LIFE-3's concern")
+    if support.one_shot(bed):
+        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=5.0)
+        if srv.proc.wait(5.0) is None:
+            pytest.skip(f"the server did not exit after one client ({got.describe()}): "
+                        "LIFE-3's concern")
+    else:
+        _stop_while_connected(bed, srv)
     waiting = [e for e in sockets_on_port(srv.port) if e.state == "TIME_WAIT"
                and e.local[1] == srv.port]  # type: ignore[index]
     if not waiting:
@@ -170,6 +186,27 @@ def test_restart_during_time_wait(bed: Testbed) -> None:
         status = again.proc.status() if what == "exit" else "not listening"
         raise Violation(f"restart on port {srv.port} during TIME_WAIT failed: {status}, "
                         f"stderr {again.proc.stderr()[:120]!r} (SO_REUSEADDR before bind?)")
+
+
+def _stop_while_connected(bed: Testbed, srv: Server) -> None:
+    """A concurrent server ends (SIGTERM) while a client is connected: its side
+    closes first, so the TIME_WAIT is the server's — the situation in which a
+    restart needs SO_REUSEADDR."""
+    session = support.Session(bed, srv)
+    try:
+        session.roundtrip(1)
+        srv.proc.signal(signal.SIGTERM)
+        if srv.proc.wait(2.0) is None:
+            pytest.skip("the server did not end on SIGTERM (LIFE-6's concern)")
+        session.sock.settimeout(2.0)
+        try:
+            while session.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+    finally:
+        session.close()
+    support.settle(0.1)
 
 
 # -- LIFE-6 -----------------------------------------------------------------------------------
@@ -184,3 +221,157 @@ def test_sigterm(bed: Testbed, server_transport: str) -> None:
         raise Violation("still running 1 s after SIGTERM")
     took = time.monotonic() - t0
     _port_free(srv, f"ended {took:.2f} s after SIGTERM ({srv.proc.status()})")
+
+
+# -- LIFE-7 -----------------------------------------------------------------------------------
+
+CONCURRENT = 40  # the clause asks for at least 32
+
+
+def _blocker(bed: Testbed, srv: Server, kind: str) -> socket.socket:
+    """A client that holds the server up if it is served inline: `idle` connects
+    and says nothing; `partial` sends half a request; `nonreader` sends a lot and
+    never reads the answers, so a server that writes to it blocks."""
+    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    if kind == "partial":
+        sock.sendall(b"sockconf partial" if bed.target.profile == "echo" else b'{"op":"pi')
+    elif kind == "nonreader":
+        flood = (bytes(range(256)) * 4096 if bed.target.profile == "echo"
+                 else b'{"op":"ping"}\n' * 200000)
+        sock.settimeout(2.0)
+        try:
+            sock.sendall(flood)   # stops when every buffer on the way is full
+        except OSError:
+            pass
+    return sock
+
+
+@transports("tcp4", "tcp6", "unix")
+@clause("LIFE-7")
+def test_many_clients_at_once(bed: Testbed, server_transport: str) -> None:
+    """Idle, half-speaking and non-reading clients connect first; then 40 more
+    connect and stay connected; every one of the 40 is answered while all are
+    connected."""
+    srv = bed.start_server(server_transport)
+    held: list[socket.socket] = []
+    sessions: list[support.Session] = []
+    try:
+        for kind in ("idle", "partial", "nonreader"):
+            held.append(_blocker(bed, srv, kind))
+        for i in range(CONCURRENT):
+            try:
+                sessions.append(support.Session(bed, srv, timeout=5.0))
+            except OSError as e:
+                raise Violation(f"client {i + 1} of {CONCURRENT} could not connect while "
+                                f"{i} others and 3 slow clients were connected: {e}") from None
+        sent = [s.send(i) for i, s in enumerate(sessions)]
+        for i, s in enumerate(sessions):
+            try:
+                s.receive(i, sent[i])
+            except Violation as v:
+                raise Violation(f"client {i + 1} of {CONCURRENT}, with all connected at once "
+                                f"(plus an idle, a half-speaking and a non-reading client): "
+                                f"{v}") from None
+            except OSError as e:
+                raise Violation(f"client {i + 1} of {CONCURRENT}: {e}") from None
+    finally:
+        for s in sessions:
+            s.close()
+        for h in held:
+            h.close()
+
+
+# -- LIFE-8 -----------------------------------------------------------------------------------
+
+def _fds(pid: int) -> int:
+    """Open descriptors of the server and its children (a forking server's
+    children hold connections too)."""
+    from conformance.harness.inspect import process_tree
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += len(os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+def _settled_fds(pid: int, want: int | None, timeout: float) -> int:
+    """The descriptor count once it stops changing (or reaches `want`)."""
+    deadline = time.monotonic() + timeout
+    last, stable = -1, 0
+    while True:
+        n = _fds(pid)
+        if want is not None and n <= want:
+            return n
+        stable = stable + 1 if n == last else 0
+        last = n
+        if (want is None and stable >= 3) or time.monotonic() >= deadline:
+            return n
+        time.sleep(0.05)
+
+
+ABUSE = ("rst-at-once", "rst-mid-request", "rst-while-answering", "fin-mid-request")
+
+
+def _abuse(bed: Testbed, srv: Server, kind: str) -> None:
+    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    try:
+        if kind == "rst-mid-request" or kind == "fin-mid-request":
+            sock.sendall(b"sockconf half a li" if bed.target.profile == "echo"
+                         else b'{"op":"insert","coll":"life8","doc":{"a":')
+            time.sleep(0.01)
+        elif kind == "rst-while-answering":
+            flood = (bytes(range(256)) * 1024 if bed.target.profile == "echo"
+                     else b'{"op":"ping"}\n' * 20000)
+            sock.settimeout(1.0)
+            try:
+                sock.sendall(flood)
+            except OSError:
+                pass
+        if kind.startswith("rst") and srv.transport != "unix":
+            peers.set_linger_abort(sock)
+    finally:
+        sock.close()
+
+
+@transports("tcp4", "tcp6", "unix")
+@clause("LIFE-8")
+def test_resets_leak_nothing(bed: Testbed, server_transport: str) -> None:
+    """Clients reset or vanish mid-exchange (RST at once, RST mid-request, RST
+    while the server is answering, FIN mid-request); a client connected all along
+    keeps being served, new clients are served, and the server's descriptor count
+    returns to what it was before."""
+    srv = bed.start_server(server_transport)
+    support.Session(bed, srv).close()          # warm up (lazy imports, thread pools)
+    baseline = _settled_fds(srv.pid, None, 3.0)
+    bystander = support.Session(bed, srv)
+    tag = 0
+    try:
+        bystander.roundtrip(tag)
+        for kind in ABUSE:
+            for _ in range(5):
+                _abuse(bed, srv, kind)
+            tag += 1
+            if srv.proc.poll() is not None:
+                raise Violation(f"after clients did {kind}: the server ended ({srv.proc.status()}, "
+                                f"stderr {srv.proc.stderr()[-160:]!r})")
+            try:
+                bystander.roundtrip(tag)
+            except Violation as v:
+                raise Violation(f"after 5 clients did {kind}, a client connected all along: "
+                                f"{v}") from None
+    finally:
+        bystander.close()
+    fresh = support.Session(bed, srv)
+    try:
+        fresh.roundtrip(tag + 1)
+    except Violation as v:
+        raise Violation(f"after {len(ABUSE) * 5} abusive clients, a new client: {v}") from None
+    finally:
+        fresh.close()
+    after = _settled_fds(srv.pid, baseline, 5.0)
+    if after > baseline:
+        raise Violation(f"{len(ABUSE) * 5} clients reset or vanished mid-exchange: the server "
+                        f"holds {after} descriptors, {after - baseline} more than the {baseline} "
+                        "it had before (not closed: leaked)")

@@ -144,6 +144,83 @@ def fetch_greeting(transport: str, port: int | None = None, path: str | None = N
         sock.close()
 
 
+def request(transport: str, port: int | None = None, path: str | None = None, *,
+            payload: bytes, timeout: float = 5.0, limit: int = 1 << 20) -> Received:
+    """One request/response exchange of a payload-carrying protocol: send
+    `payload`, shut down our sending side (the server sees EOF), read until the
+    server's FIN or RST (or `timeout`)."""
+    t0 = time.monotonic()
+    sock = connect(transport, port, path, timeout)
+    try:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server already reset or closed: what it sent is still readable
+        return read_until_end(sock, timeout, limit=limit, t0=t0)
+    finally:
+        sock.close()
+
+
+def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: float,
+           half_close: bool = True, gap: float = 0.0) -> Received:
+    """Write `chunks` (in that order, one send per chunk, optionally `gap` s apart)
+    while a second thread reads concurrently, as a real echo client must: a
+    server that echoes while reading would otherwise block on a full buffer.
+    Shuts down the sending side after the last chunk when `half_close`.  Reads
+    until `expect` bytes arrived (then waits for the end only if half-closed),
+    FIN, RST or `timeout`."""
+    got = Received()
+    box: list[BaseException] = []
+    t0 = time.monotonic()
+
+    def writer() -> None:
+        try:
+            for c in chunks:
+                sock.sendall(c)
+                if gap:
+                    time.sleep(gap)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            box.append(e)
+
+    w = threading.Thread(target=writer, daemon=True, name="stream-writer")
+    w.start()
+    deadline = t0 + timeout
+    buf = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            got.end = "timeout"
+            break
+        sock.settimeout(min(left, 1.0))
+        try:
+            chunk = sock.recv(1 << 18)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            got.end, got.end_s = "rst", time.monotonic() - t0
+            break
+        except OSError as e:
+            got.end = f"error: {errno.errorcode.get(e.errno or 0, e)}"
+            break
+        if not chunk:
+            got.end, got.end_s = "fin", time.monotonic() - t0
+            break
+        if got.first_byte_s is None:
+            got.first_byte_s = time.monotonic() - t0
+        buf += chunk
+        if len(buf) > expect or (len(buf) == expect and not half_close):
+            got.end = "more" if len(buf) > expect else "complete"
+            break
+    w.join(max(0.0, deadline - time.monotonic()) + 0.5)
+    got.data = bytes(buf)
+    if box and got.end == "timeout":
+        got.end = f"timeout (our send failed: {box[0]})"
+    return got
+
+
 # ---------------------------------------------------------------------------
 # Servers that stand in front of a client under test
 # ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Server:
     path: str | None
     trace_log: Path | None = None
     listener: Listener | None = None
+    data: str | None = None   # the jsondoc store path it was given ({data})
 
     @property
     def pid(self) -> int:
@@ -85,6 +86,7 @@ class Testbed:
     _pcap: Path | None = field(init=False, default=None)
     _sockdir: Path | None = field(init=False, default=None)
     _traces: int = field(init=False, default=0)
+    _datas: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.runner = Runner(self.workdir)
@@ -113,8 +115,12 @@ class Testbed:
         return self.target.client
 
     def primary(self, program: Program) -> str:
-        """The transport checks use when the clause is not about transports."""
-        return "tcp4" if "tcp4" in program.transports else program.transports[0]
+        """The transport checks use when the clause is not about transports: the
+        first stream one (tcp4 first), since most clauses judge connections."""
+        for t in ("tcp4", "tcp6", "unix"):
+            if t in program.transports:
+                return t
+        return program.transports[0]
 
     def require_transport(self, program: Program, transport: str) -> None:
         if transport not in program.transports:
@@ -148,10 +154,22 @@ class Testbed:
     # -- servers ----------------------------------------------------------------------
 
     def server_argv(self, transport: str, port: int | str | None, path: str | None,
-                    options: dict[str, dict[str, object]] | None = None) -> list[str]:
+                    options: dict[str, dict[str, object]] | None = None,
+                    data: str | None = None) -> list[str]:
         return self.target.command(self.server_program, transport=transport, port=port,
-                                   host=LOOPBACK[transport], path=path or "", data="",
+                                   host=LOOPBACK[transport], path=path or "",
+                                   data=data if data is not None else self.data_path(),
                                    options=options)
+
+    def data_path(self, name: str = "data") -> str:
+        """A fresh path for a jsondoc store (`{data}`), in this check's workdir: a
+        new one per call unless `name` repeats (a restart on the same data)."""
+        d = self.workdir / "data"
+        d.mkdir(exist_ok=True)
+        if name == "data":
+            self._datas += 1
+            name = f"data-{self._datas:02d}"
+        return str(d / f"{name}.db")
 
     def spawn_server(self, argv: Sequence[str], *, transport: str = "tcp4",
                      port: int | None = None, path: str | None = None, trace: bool = False,
@@ -169,7 +187,7 @@ class Testbed:
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
                      injections: Sequence[tracing.Injection] = (), ready: bool = True,
-                     name: str = "server") -> Server:
+                     name: str = "server", data: str | None = None) -> Server:
         """Start the target's server on a fresh port (or unix path) and, unless
         `ready=False`, wait passively until it listens there."""
         program = self.server_program
@@ -178,12 +196,34 @@ class Testbed:
         path = self.unix_path() if transport == "unix" else None
         if transport != "unix" and port is None:
             port = self.free_port(transport)
-        argv = self.server_argv(transport, port, path, options)
+        data = data if data is not None else self.data_path()
+        argv = self.server_argv(transport, port, path, options, data)
         srv = self.spawn_server(argv, transport=transport, port=port, path=path, trace=trace,
                                 injections=injections, name=name)
+        srv.data = data
         if ready:
             self.wait_ready(srv)
         return srv
+
+    def attach_trace(self, srv: Server, injections: Sequence[tracing.Injection] = (),
+                     name: str = "attach") -> Path:
+        """Trace a running server from now on (strace -p, all threads), with
+        `injections` counted from now; returns the log.  Waits until every thread
+        is traced, so the next exchange is seen whole."""
+        self.need_strace()
+        log = self._trace_log(name)
+        tracer = self.runner.spawn(tracing.attach_argv(srv.pid, log, injections), name=name)
+        deadline = time.monotonic() + 5.0
+        while tracing.traced_by(srv.pid) != {tracer.pid}:
+            if tracer.poll() is not None or srv.proc.poll() is not None:
+                pytest.skip(f"could not trace the running server: strace {tracer.status()}, "
+                            f"{tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
+            if time.monotonic() >= deadline:
+                pytest.skip("strace could not attach to the running server within 5 s "
+                            "(ptrace not permitted here?)")
+            time.sleep(0.005)
+        srv.trace_log = log
+        return log
 
     def wait_ready(self, srv: Server) -> Listener:
         try:

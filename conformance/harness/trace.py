@@ -184,6 +184,21 @@ def strace_argv(argv: Sequence[str], log: Path | str, injections: Sequence[Injec
                 *, strace: str | None = None) -> list[str]:
     """The command that runs `argv` under strace, following forks and threads,
     logging the lifecycle syscalls to `log`, with the given injections."""
+    return [*_strace_options(log, injections, strace), "--", *argv]
+
+
+def attach_argv(pid: int, log: Path | str, injections: Sequence[Injection] = (),
+                *, strace: str | None = None) -> list[str]:
+    """The command that attaches strace to the running process `pid` (all its
+    threads, and what it forks from then on).  Injection counts then start at
+    the attach, in every thread: `when=1` on read is the first read *after* the
+    attach — in a thread-per-client server, the first read of each new client's
+    thread — instead of a read the loader did at start-up."""
+    return [*_strace_options(log, injections, strace), "-p", str(pid)]
+
+
+def _strace_options(log: Path | str, injections: Sequence[Injection],
+                    strace: str | None) -> list[str]:
     names = list(LIFECYCLE_SYSCALLS)
     known = {n.lstrip("?") for n in names}
     injected = [s for inj in injections for s in inj.syscalls]
@@ -198,7 +213,20 @@ def strace_argv(argv: Sequence[str], log: Path | str, injections: Sequence[Injec
            "-e", "trace=" + ",".join(names)]
     for inj in injections:
         cmd += ["-e", inj.strace_arg()]
-    return [*cmd, "--", *argv]
+    return cmd
+
+
+def traced_by(pid: int) -> set[int]:
+    """The tracer pids of every thread of `pid` (0 for an untraced thread)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("TracerPid:"):
+                    out.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return out
 
 
 def tracee_pid(strace_pid: int, timeout: float = 5.0) -> int | None:

@@ -1,0 +1,385 @@
+"""ECHO — byte-stream and datagram echo (ECHO-1..5, OPT-OOBINLINE).
+
+Every stream check reads while it writes, as a real echo client must: a server
+that echoes as it reads would otherwise block on a full buffer and look broken.
+The fuzz checks (hypothesis) reuse one running server across examples (echo
+servers are concurrent by profile) and start a new one only after a crash, so a
+crash is reported by the example that caused it and shrinking stays meaningful.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from conformance.clauses import clause, transports
+from conformance.harness import peers
+from conformance.harness.testbed import Server, Testbed, Violation
+
+MiB = 1 << 20
+STREAMS = ("tcp4", "tcp6", "unix")
+
+
+def payload_of(size: int, seed: int) -> bytes:
+    """Deterministic random bytes (NULs, 0xff, every value): the same (size, seed)
+    always gives the same payload, so a finding replays exactly."""
+    return random.Random(seed).randbytes(size)
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    """`data` cut into writes of the given sizes (cycled); the rest in one write."""
+    if not data:
+        return []
+    out, i, k = [], 0, 0
+    while i < len(data):
+        n = sizes[k % len(sizes)] if sizes else len(data)
+        out.append(data[i:i + n])
+        i += n
+        k += 1
+    return out
+
+
+def _show(data: bytes) -> str:
+    return f"{len(data)} byte(s)" + (f" {data[:48]!r}..." if len(data) > 48 else f" {data!r}")
+
+
+def first_difference(sent: bytes, got: bytes) -> str:
+    n = min(len(sent), len(got))
+    i = next((k for k in range(n) if sent[k] != got[k]), n)
+    if i == n and len(sent) == len(got):
+        return "identical"
+    return (f"first difference at byte {i}: sent {sent[i:i + 16]!r}, got {got[i:i + 16]!r} "
+            f"(sent {len(sent)} bytes, got {len(got)})")
+
+
+class LiveServer:
+    """One running server shared by a check's examples; restarted after a death
+    (the example that saw it dead reports it)."""
+
+    def __init__(self, bed: Testbed, transport: str, **start: object) -> None:
+        self.bed, self.transport, self.start = bed, transport, start
+        self.srv: Server | None = None
+
+    def get(self) -> Server:
+        if self.srv is None or self.srv.proc.poll() is not None:
+            self.srv = self.bed.start_server(self.transport, **self.start)  # type: ignore[arg-type]
+        return self.srv
+
+    def require_alive(self, what: str) -> None:
+        assert self.srv is not None
+        # A crash caused by the last exchange may take a moment to be reaped.
+        if self.srv.proc.wait(0.02) is not None:
+            raise Violation(f"{what}: the server died: {self.srv.proc.status()}; "
+                            f"stderr {self.srv.proc.stderr()[-200:]!r}")
+
+
+def echo_roundtrip(srv: Server, chunks: list[bytes], *, half_close: bool, timeout: float,
+                   gap: float = 0.0) -> peers.Received:
+    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    try:
+        return peers.stream(sock, chunks, expect=sum(map(len, chunks)), timeout=timeout,
+                            half_close=half_close, gap=gap)
+    finally:
+        sock.close()
+
+
+def _timeout_for(size: int) -> float:
+    # Generous: only to stop a hang; 16 MiB through a slow interpreter stays well inside.
+    return 10.0 + size / MiB
+
+
+# -- ECHO-1 -----------------------------------------------------------------------------------
+
+FIXED = [("empty", 0, 1), ("one-byte", 1, 1), ("all-byte-values", 256, 0),
+         ("nul-heavy-64KiB", 64 * 1024, 2), ("1MiB", MiB, 3), ("16MiB", 16 * MiB, 4)]
+
+
+@transports(*STREAMS)
+@clause("ECHO-1")
+@pytest.mark.parametrize("name,size,seed", FIXED, ids=[f[0] for f in FIXED])
+def test_every_byte_back(bed: Testbed, server_transport: str, name: str, size: int,
+                         seed: int) -> None:
+    if name == "all-byte-values":
+        data = bytes(range(256))
+    elif name.startswith("nul-heavy"):
+        data = (b"\0" * 7 + b"x") * (size // 8)
+    else:
+        data = payload_of(size, seed)
+    srv = bed.start_server(server_transport)
+    # 64 KiB writes, no half-close: ECHO-1 is about the bytes, not about the end.
+    got = echo_roundtrip(srv, chunked(data, [64 * 1024]), half_close=False,
+                         timeout=_timeout_for(size))
+    if got.data != data:
+        raise Violation(f"{name}: sent {_show(data)}, got back {len(got.data)} byte(s) then "
+                        f"{got.end}: {first_difference(data, got.data)}")
+
+
+@transports(*STREAMS)
+@clause("ECHO-1")
+def test_echo_fuzz(bed: Testbed, server_transport: str) -> None:
+    """Arbitrary payloads (0 B..16 MiB) in arbitrary write sizes; invariant: what
+    comes back equals what went in, and the server is alive afterwards."""
+    from hypothesis import given, note
+    from hypothesis import strategies as st
+
+    live = LiveServer(bed, server_transport)
+    small = st.binary(max_size=4096)
+    big = st.builds(payload_of, st.integers(4097, 16 * MiB), st.integers(0, 2**32 - 1))
+
+    @given(data=st.one_of(small, big),
+           sizes=st.lists(st.integers(1, MiB), min_size=1, max_size=12))
+    def example(data: bytes, sizes: list[int]) -> None:
+        srv = live.get()
+        chunks = chunked(data, sizes)
+        note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}")
+        got = echo_roundtrip(srv, chunks, half_close=False, timeout=_timeout_for(len(data)))
+        if got.data != data:
+            raise Violation(f"sent {_show(data)} in {len(chunks)} write(s), got back "
+                            f"{len(got.data)} byte(s) then {got.end}: "
+                            f"{first_difference(data, got.data)}")
+        live.require_alive(f"after echoing {_show(data)}")
+
+    example()
+
+
+# -- ECHO-2 -----------------------------------------------------------------------------------
+
+HALF_CLOSE = [("nothing", 0), ("small", 100), ("1MiB", MiB), ("8MiB", 8 * MiB)]
+
+
+@transports(*STREAMS)
+@clause("ECHO-2")
+@pytest.mark.parametrize("name,size", HALF_CLOSE, ids=[h[0] for h in HALF_CLOSE])
+def test_half_close(bed: Testbed, server_transport: str, name: str, size: int) -> None:
+    """Write, shut down our side at once (while echoes are still pending), keep
+    reading: everything comes back, then FIN."""
+    data = payload_of(size, size)
+    srv = bed.start_server(server_transport)
+    got = echo_roundtrip(srv, chunked(data, [256 * 1024]), half_close=True,
+                         timeout=_timeout_for(size))
+    _judge_half_close(data, got)
+
+
+def _judge_half_close(data: bytes, got: peers.Received) -> None:
+    if got.data != data:
+        raise Violation(f"sent {_show(data)} then SHUT_WR: got back {len(got.data)} byte(s) "
+                        f"then {got.end}: {first_difference(data, got.data)}")
+    if got.end != "fin":
+        raise Violation(f"sent {_show(data)} then SHUT_WR: all echoed, but then {got.end} "
+                        "instead of FIN (the server must close after the pending echo)")
+
+
+@transports(*STREAMS)
+@clause("ECHO-2")
+def test_half_close_fuzz(bed: Testbed, server_transport: str) -> None:
+    """Half-close timing varied: right after the last write, or after a pause,
+    with writes spread out; everything is echoed, then FIN."""
+    from hypothesis import given, note
+    from hypothesis import strategies as st
+
+    live = LiveServer(bed, server_transport)
+
+    @given(size=st.integers(0, 4 * MiB), seed=st.integers(0, 2**32 - 1),
+           sizes=st.lists(st.integers(1, MiB), min_size=1, max_size=8),
+           gap=st.sampled_from([0.0, 0.0, 0.001, 0.02]))
+    def example(size: int, seed: int, sizes: list[int], gap: float) -> None:
+        srv = live.get()
+        data = payload_of(size, seed)
+        chunks = chunked(data, sizes)
+        note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}; gap {gap}")
+        got = echo_roundtrip(srv, chunks, half_close=True, timeout=_timeout_for(size), gap=gap)
+        _judge_half_close(data, got)
+        live.require_alive(f"after {_show(data)} and SHUT_WR")
+
+    example()
+
+
+# -- ECHO-3 -----------------------------------------------------------------------------------
+
+@transports(*STREAMS)
+@clause("ECHO-3")
+@pytest.mark.parametrize("clients", [2, 8])
+def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) -> None:
+    """Clients write their own distinct streams at the same time, in small
+    interleaved writes; each must get exactly its own bytes back."""
+    srv = bed.start_server(server_transport)
+    socks = [peers.connect(srv.transport, srv.port, srv.path, timeout=5.0) for _ in range(clients)]
+    size = 256 * 1024
+    datas = [bytes([65 + i]) * 16 + payload_of(size, 1000 + i) for i in range(clients)]
+    results: list[peers.Received | None] = [None] * clients
+    start = threading.Barrier(clients)
+
+    def run(i: int) -> None:
+        start.wait(5.0)
+        results[i] = peers.stream(socks[i], chunked(datas[i], [1024 + 97 * i]), expect=len(datas[i]),
+                                  timeout=20.0, half_close=False, gap=0.0)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30.0)
+    finally:
+        for s in socks:
+            s.close()
+    for i, got in enumerate(results):
+        if got is None:
+            raise Violation(f"client {i + 1} of {clients}: no result (its exchange hung)")
+        if got.data != datas[i]:
+            foreign = [j + 1 for j in range(clients) if j != i and datas[j][16:48] in got.data]
+            raise Violation(
+                f"client {i + 1} of {clients} (concurrent) sent {_show(datas[i])}, got "
+                f"{len(got.data)} byte(s) then {got.end}: {first_difference(datas[i], got.data)}"
+                + (f"; it contains bytes of client(s) {foreign}" if foreign else ""))
+
+
+# -- ECHO-4 -----------------------------------------------------------------------------------
+
+DATAGRAMS = [0, 1, 100, 1472, 1473, 8192, 65507]
+
+
+def _udp_echo(srv: Server, sock: socket.socket, data: bytes, timeout: float = 3.0) -> bytes | None:
+    assert srv.port is not None
+    sock.sendto(data, ("127.0.0.1", srv.port))
+    sock.settimeout(timeout)
+    try:
+        got, _ = sock.recvfrom(65536)
+    except TimeoutError:
+        return None
+    return got
+
+
+def _udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+@clause("ECHO-4")
+def test_datagrams(bed: Testbed) -> None:
+    """Two senders alternate; each datagram (0..65507 bytes) comes back whole,
+    as one datagram, to its own sender — and never to the other."""
+    bed.require_transport(bed.server_program, "udp4")
+    srv = bed.start_server("udp4")
+    a, b = _udp_socket(), _udp_socket()
+    try:
+        for k, size in enumerate(DATAGRAMS * 2):
+            mine, other = (a, b) if k % 2 == 0 else (b, a)
+            data = payload_of(size, k)
+            got = _udp_echo(srv, mine, data)
+            if got is None:
+                raise Violation(f"datagram of {size} byte(s): no reply within 3 s")
+            if got != data:
+                raise Violation(f"datagram of {size} byte(s) came back as {len(got)} byte(s): "
+                                f"{first_difference(data, got)}")
+            other.settimeout(0.0)
+            try:
+                stray, _ = other.recvfrom(65536)
+            except BlockingIOError:
+                continue
+            raise Violation(f"a datagram of {len(stray)} byte(s) reached the other sender")
+    finally:
+        a.close()
+        b.close()
+
+
+@clause("ECHO-4")
+def test_datagram_fuzz(bed: Testbed) -> None:
+    bed.require_transport(bed.server_program, "udp4")
+    from hypothesis import given, note
+    from hypothesis import strategies as st
+
+    live = LiveServer(bed, "udp4")
+    sock = _udp_socket()
+
+    @given(data=st.one_of(st.binary(max_size=2048),
+                          st.builds(payload_of, st.integers(2049, 65507), st.integers(0, 2**32))))
+    def example(data: bytes) -> None:
+        srv = live.get()
+        note(f"datagram {_show(data)}")
+        # A reply to an earlier example that arrived late must not be taken
+        # for this one's: drain first.
+        sock.settimeout(0.0)
+        try:
+            while True:
+                sock.recvfrom(65536)
+        except BlockingIOError:
+            pass
+        got = _udp_echo(srv, sock, data)
+        if got != data:
+            raise Violation(f"datagram {_show(data)}: "
+                            + ("no reply within 3 s" if got is None
+                               else f"reply {_show(got)}: {first_difference(data, got)}"))
+        live.require_alive(f"after datagram {_show(data)}")
+
+    try:
+        example()
+    finally:
+        sock.close()
+
+
+# -- ECHO-5 / OPT-OOBINLINE -------------------------------------------------------------------
+
+def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
+    """b"ab", then b"X" as urgent data (MSG_OOB), then b"cd", then SHUT_WR; what
+    came back before the server's FIN."""
+    options: dict[str, dict[str, object]] | None = {"oobinline": {}} if inline else None
+    srv = bed.start_server(transport, options=options)
+    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    try:
+        sock.sendall(b"ab")
+        time.sleep(0.05)
+        sock.send(b"X", socket.MSG_OOB)
+        time.sleep(0.05)
+        sock.sendall(b"cd")
+        sock.shutdown(socket.SHUT_WR)
+        got = peers.read_until_end(sock, 5.0)
+    finally:
+        sock.close()
+    if got.end != "fin":
+        raise Violation(f"sent b'ab', urgent b'X', b'cd', SHUT_WR: got {got.describe()} "
+                        "(no FIN: the exchange did not complete)")
+    return got.data
+
+
+@transports("tcp4", "tcp6")
+@clause("ECHO-5")
+def test_urgent_byte_not_inline(bed: Testbed, server_transport: str) -> None:
+    got = _urgent_exchange(bed, server_transport, inline=False)
+    if got != b"abcd":
+        raise Violation(f"without SO_OOBINLINE the urgent byte is not part of the stream: sent "
+                        f"b'ab' + urgent b'X' + b'cd', expected b'abcd' back, got {got!r}")
+
+
+def _inline_declared(bed: Testbed) -> None:
+    if not bed.server_program.supports("oobinline"):
+        pytest.skip("the target does not declare option 'oobinline'")
+
+
+@transports("tcp4", "tcp6")
+@clause("ECHO-5")
+def test_urgent_byte_inline(bed: Testbed, server_transport: str) -> None:
+    _inline_declared(bed)
+    got = _urgent_exchange(bed, server_transport, inline=True)
+    if got != b"abXcd":
+        raise Violation(f"with the declared oobinline option: sent b'ab' + urgent b'X' + b'cd', "
+                        f"expected b'abXcd' back (urgent byte in order), got {got!r}")
+
+
+@clause("OPT-OOBINLINE")
+def test_oobinline_option(bed: Testbed) -> None:
+    """The declared option, by behaviour: the urgent byte stays in the stream, in
+    order (REQUIREMENTS.md: "OPT-OOBINLINE — see ECHO-5")."""
+    _inline_declared(bed)
+    if bed.target.profile != "echo":
+        pytest.skip("urgent-data semantics are observable through the echo profile only")
+    transport = "tcp4" if "tcp4" in bed.server_program.transports else "tcp6"
+    got = _urgent_exchange(bed, transport, inline=True)
+    if got != b"abXcd":
+        raise Violation(f"with the oobinline option: expected b'abXcd' back, got {got!r}")
