@@ -128,15 +128,28 @@ def check_all_references(a: argparse.Namespace) -> int:
     The combined JSON keeps INTERFACE.md's shape (a clause's verdict is its worst
     over the profiles, its tests are all of theirs) and adds `profiles`, the
     per-profile reports in full."""
+    from conformance import clauses
     from conformance import report as rep
 
+    # --clause patterns: each profile runs the ones that match its clauses; a
+    # pattern that matches no clause of any profile is a usage error.
+    wanted: dict[str, list[str]] = {}
+    for profile in PROFILES:
+        mine = [p for p in a.clause if clauses.select([p], clauses.applicable(profile))]
+        if mine or not a.clause:
+            wanted[profile] = mine
+    unknown = [p for p in a.clause
+               if not any(clauses.select([p], clauses.applicable(pr)) for pr in PROFILES)]
+    if unknown:
+        print(f"sockconf: --clause {unknown[0]} matches no clause of any profile", file=sys.stderr)
+        return EXIT_USAGE
     docs: dict[str, dict[str, object]] = {}
     worst = EXIT_OK
     with tempfile.TemporaryDirectory(prefix="sockconf-all-") as tmp:
-        for profile in PROFILES:
+        for profile, patterns in wanted.items():
             out = Path(tmp) / f"{profile}.json"
             argv = [sys.executable, "-m", "conformance", "check", f"reference-{profile}",
-                    "--report-json", str(out), *_passthrough(a)]
+                    "--report-json", str(out), *_passthrough(a, patterns)]
             print(f"== sockconf check reference-{profile}", flush=True)
             try:
                 rc = subprocess.run(argv, check=False).returncode
@@ -154,11 +167,11 @@ def check_all_references(a: argparse.Namespace) -> int:
     return worst
 
 
-def _passthrough(a: argparse.Namespace) -> list[str]:
+def _passthrough(a: argparse.Namespace, patterns: list[str]) -> list[str]:
     """The options of `check` that every per-profile run shares."""
     out = ["-n", str(a.workers), "--isolation", a.isolation]
-    for pat in a.clause:
-        out += ["--clause", pat]
+    if patterns:
+        out += ["--clause", *patterns]
     for flag, on in (("--strict", a.strict), ("--verbose", a.verbose)):
         if on:
             out.append(flag)

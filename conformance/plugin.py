@@ -81,6 +81,12 @@ def _register_hypothesis_profiles() -> None:
             HealthCheck.data_too_large, HealthCheck.large_base_example]
     common: dict[str, Any] = {"deadline": None, "suppress_health_check": slow,
                               "print_blob": True, "database": None}
+    # hypothesis still keeps a cache (.hypothesis/constants) in its home
+    # directory, by default in the cwd: point it at this run's scratch dir.
+    from hypothesis import configuration
+
+    from conformance.harness.testbed import scratch
+    configuration.set_hypothesis_home_dir(str(scratch("sockconf-hypothesis-")))
     settings.register_profile("ci", max_examples=25, derandomize=True, **common)
     settings.register_profile("dev", max_examples=100, **common)
     settings.register_profile("nightly", max_examples=5000, **common)
@@ -97,9 +103,23 @@ def _choose_hypothesis(config: pytest.Config) -> None:
         config.option.hypothesis_profile = "ci"
         from hypothesis import settings
         settings.load_profile("ci")
-    if not config.option.hypothesis_seed and not hasattr(config, "workerinput"):
+    if config.option.hypothesis_seed:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        # xdist workers re-parse the command line: the controller's drawn seed
+        # comes through workerinput (pytest_configure_node) instead.
+        config.option.hypothesis_seed = workerinput.get("sockconf_hypothesis_seed")
+    else:
         import random
         config.option.hypothesis_seed = str(random.SystemRandom().randrange(1, 2**32))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    seed = getattr(node.config.option, "hypothesis_seed", None)
+    if seed:
+        node.workerinput["sockconf_hypothesis_seed"] = seed
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -239,6 +259,10 @@ _BED_KEY = pytest.StashKey[Any]()
 def _target_failure(exc: BaseException) -> bool:
     """True when the exception is the target's doing (a verdict), False when the
     check itself broke (a sockconf bug → exit status 3)."""
+    if isinstance(exc, BaseExceptionGroup):
+        # e.g. hypothesis' FlakyFailure: a finding that did not repeat on replay
+        # (a timing-dependent bug) — the target's doing if every failure in it is.
+        return all(_target_failure(e) for e in exc.exceptions)
     return isinstance(exc, AssertionError | OSError | TimeoutError)
 
 
@@ -267,7 +291,10 @@ def _reproduce(config: pytest.Config, clause_id: str, fuzz: bool = False) -> str
 def _fuzzed(exc: BaseException) -> bool:
     """A failure that hypothesis found (and shrank): it carries the falsifying
     example in its notes."""
-    return any("Falsifying" in str(n) for n in getattr(exc, "__notes__", ()))
+    # "Falsifying example" in older hypothesis, "Failing test case" in newer;
+    # the reproduce_failure blob (print_blob) is in both.
+    marks = ("Falsifying", "Failing test case", "reproduce_failure")
+    return any(m in str(n) for n in getattr(exc, "__notes__", ()) for m in marks)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -305,6 +332,9 @@ def _message(exc: BaseException) -> str:
     """The evidence line(s) of a failure: a Violation's message in full (it may
     carry a packet ladder), bounded; other exceptions with their type."""
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        inner = exc.exceptions[0]
+        return f"{text}: {_message(inner)}"[:6000]
     if not isinstance(exc, AssertionError):
         text = f"{type(exc).__name__}: {text}"
     # hypothesis puts the shrunk falsifying example (and the reproduce blob) in

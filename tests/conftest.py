@@ -4,32 +4,51 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import HELLO
+from tests.helpers import FIXTURES
+
+# What each fixture family links against (Debian: libcjson-dev, libsqlite3-dev).
+LINK = {"hello": [], "echo": ["-pthread"], "jsondoc": ["-pthread", "-lcjson", "-lsqlite3"]}
 
 
 @pytest.fixture(scope="session")
-def hello_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fixtures/hello compiled with `cc` into T/bin, target files copied to T/targets."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc): the C fixtures cannot be built")
-    out = tmp_path_factory.mktemp("hello-fixtures")
-    (out / "bin").mkdir()
-    sources = sorted((HELLO / "src").glob("*.c"))
+def fixtures_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """fixtures/PROFILE compiled with `cc` into T/bin (one program per src/*.c),
+    target files copied to T/targets; built once per session and profile."""
+    cache: dict[str, Path] = {}
 
-    def build(src: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-        cmd = [cc, "-O1", "-Wall", "-Wextra", "-o", str(out / "bin" / src.stem), str(src)]
-        return src, subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    def build(profile: str) -> Path:
+        if profile in cache:
+            return cache[profile]
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            pytest.skip("no C compiler (cc): the C fixtures cannot be built")
+        src_dir = FIXTURES / profile / "src"
+        out = tmp_path_factory.mktemp(f"{profile}-fixtures")
+        (out / "bin").mkdir()
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for src, res in pool.map(build, sources):
-            assert res.returncode == 0, f"cc failed for {src.name}:\n{res.stderr}"
-    shutil.copytree(HELLO / "targets", out / "targets")
-    return out
+        def one(src: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+            cmd = [cc, "-O1", "-Wall", "-Wextra", "-o", str(out / "bin" / src.stem), str(src),
+                   *LINK[profile]]
+            return src, subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for src, res in pool.map(one, sorted(src_dir.glob("*.c"))):
+                if res.returncode != 0 and "cJSON.h" in res.stderr:
+                    pytest.skip("libcjson-dev is not installed (apt-get install libcjson-dev)")
+                assert res.returncode == 0, f"cc failed for {src.name}:\n{res.stderr}"
+        shutil.copytree(FIXTURES / profile / "targets", out / "targets")
+        cache[profile] = out
+        return out
+
+    return build
 
 
+@pytest.fixture(scope="session")
+def hello_build(fixtures_built: Callable[[str], Path]) -> Path:
+    return fixtures_built("hello")

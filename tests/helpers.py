@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-HELLO = ROOT / "fixtures" / "hello"
+FIXTURES = ROOT / "fixtures"
+HELLO = FIXTURES / "hello"
+PROFILES = ("hello", "echo", "jsondoc")
+
+
+def manifest(profile: str) -> list[dict[str, Any]]:
+    """fixtures/PROFILE/fixtures.toml: the programs whose verdicts we know."""
+    path = FIXTURES / profile / "fixtures.toml"
+    if not path.exists():
+        return []
+    return [fx | {"profile": profile} for fx in tomllib.loads(path.read_text())["fixture"]]
 
 
 def hello_manifest() -> list[dict[str, Any]]:
-    return list(tomllib.loads((HELLO / "fixtures.toml").read_text())["fixture"])
+    return manifest("hello")
 
 
 @dataclass

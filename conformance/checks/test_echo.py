@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from conformance.checks import support
 from conformance.clauses import clause, transports
 from conformance.harness import peers
 from conformance.harness.testbed import Server, Testbed, Violation
@@ -30,13 +31,18 @@ def payload_of(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+MAX_WRITES = 256
+
+
 def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
-    """`data` cut into writes of the given sizes (cycled); the rest in one write."""
+    """`data` cut into writes of the given sizes (cycled) — at most MAX_WRITES of
+    them, then the rest in 1 MiB writes (16 MiB in 1-byte writes would take
+    minutes per example and teach nothing more than the first 256)."""
     if not data:
         return []
     out, i, k = [], 0, 0
     while i < len(data):
-        n = sizes[k % len(sizes)] if sizes else len(data)
+        n = sizes[k % len(sizes)] if sizes and k < MAX_WRITES else MiB
         out.append(data[i:i + n])
         i += n
         k += 1
@@ -77,12 +83,20 @@ class LiveServer:
                             f"stderr {self.srv.proc.stderr()[-200:]!r}")
 
 
+# How long an echo may pause once everything is written.  NUDGE: then we shut
+# down our side, so a server that lost bytes ends the exchange at once (FIN)
+# while one that still owes bytes sends them; IDLE: then it has stalled.
+NUDGE, IDLE = 0.1, 3.0
+
+
 def echo_roundtrip(srv: Server, chunks: list[bytes], *, half_close: bool, timeout: float,
                    gap: float = 0.0) -> peers.Received:
     sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    data = b"".join(chunks)
     try:
-        return peers.stream(sock, chunks, expect=sum(map(len, chunks)), timeout=timeout,
-                            half_close=half_close, gap=gap)
+        return peers.stream(sock, chunks, expect=len(data), timeout=timeout,
+                            half_close=half_close, gap=gap, expected=data,
+                            nudge=None if half_close else NUDGE, idle=IDLE)
     finally:
         sock.close()
 
@@ -127,13 +141,21 @@ def test_echo_fuzz(bed: Testbed, server_transport: str) -> None:
     from hypothesis import strategies as st
 
     live = LiveServer(bed, server_transport)
-    small = st.binary(max_size=4096)
-    big = st.builds(payload_of, st.integers(4097, 16 * MiB), st.integers(0, 2**32 - 1))
 
-    @given(data=st.one_of(small, big),
+    # payload = core * repeat: arbitrary bytes up to 4 KiB, repeated up to 16 MiB.
+    # Both shrink (repeat to 1, core to the fewest, smallest bytes), so a finding
+    # ends as e.g. core=b'\x00', repeat=1 — where random 16 MiB payloads (the
+    # fixed cases above) would shrink poorly and slowly.
+    # Bytes that break C-string, line, terminal or sign-extension handling are
+    # drawn on purpose: uniform bytes hit them too rarely to rely on.
+    special = st.sampled_from(b"\x00\xff\n\r\x04\x1a\x7f\x80")
+    core_bytes = st.lists(st.one_of(special, st.integers(0, 255)), max_size=4096).map(bytes)
+
+    @given(core=core_bytes, repeat=st.integers(1, 4096),
            sizes=st.lists(st.integers(1, MiB), min_size=1, max_size=12))
-    def example(data: bytes, sizes: list[int]) -> None:
+    def example(core: bytes, repeat: int, sizes: list[int]) -> None:
         srv = live.get()
+        data = core * repeat
         chunks = chunked(data, sizes)
         note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}")
         got = echo_roundtrip(srv, chunks, half_close=False, timeout=_timeout_for(len(data)))
@@ -143,7 +165,7 @@ def test_echo_fuzz(bed: Testbed, server_transport: str) -> None:
                             f"{first_difference(data, got.data)}")
         live.require_alive(f"after echoing {_show(data)}")
 
-    example()
+    support.run_fuzz(example)
 
 
 # -- ECHO-2 -----------------------------------------------------------------------------------
@@ -161,10 +183,24 @@ def test_half_close(bed: Testbed, server_transport: str, name: str, size: int) -
     srv = bed.start_server(server_transport)
     got = echo_roundtrip(srv, chunked(data, [256 * 1024]), half_close=True,
                          timeout=_timeout_for(size))
-    _judge_half_close(data, got)
+    _judge_half_close(srv, data, got)
 
 
-def _judge_half_close(data: bytes, got: peers.Received) -> None:
+def _echoes_plainly(srv: Server, data: bytes) -> bool:
+    """Does the server echo `data` right when nothing else is asked of it (no
+    early half-close, one client)?  If not, that is ECHO-1's failure, and the
+    clause that called this cannot judge its own property with this payload."""
+    if srv.proc.poll() is not None:
+        return False
+    got = echo_roundtrip(srv, chunked(data, [256 * 1024]), half_close=False,
+                         timeout=_timeout_for(len(data)))
+    return got.data == data
+
+
+def _judge_half_close(srv: Server, data: bytes, got: peers.Received) -> None:
+    if (got.data != data or got.end != "fin") and not _echoes_plainly(srv, data):
+        pytest.skip(f"the server does not echo these {len(data)} bytes even without a "
+                    "half-close (ECHO-1's concern): nothing to judge here")
     if got.data != data:
         raise Violation(f"sent {_show(data)} then SHUT_WR: got back {len(got.data)} byte(s) "
                         f"then {got.end}: {first_difference(data, got.data)}")
@@ -192,10 +228,13 @@ def test_half_close_fuzz(bed: Testbed, server_transport: str) -> None:
         chunks = chunked(data, sizes)
         note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}; gap {gap}")
         got = echo_roundtrip(srv, chunks, half_close=True, timeout=_timeout_for(size), gap=gap)
-        _judge_half_close(data, got)
+        if (got.data != data or got.end != "fin") and not _echoes_plainly(live.get(), data):
+            note("not echoed even without a half-close: ECHO-1's concern, not judged here")
+            return
+        _judge_half_close(srv, data, got)
         live.require_alive(f"after {_show(data)} and SHUT_WR")
 
-    example()
+    support.run_fuzz(example)
 
 
 # -- ECHO-3 -----------------------------------------------------------------------------------
@@ -215,8 +254,14 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
 
     def run(i: int) -> None:
         start.wait(5.0)
-        results[i] = peers.stream(socks[i], chunked(datas[i], [1024 + 97 * i]), expect=len(datas[i]),
-                                  timeout=20.0, half_close=False, gap=0.0)
+        try:
+            results[i] = peers.stream(socks[i], chunked(datas[i], [1024 + 97 * i]),
+                                      expect=len(datas[i]), timeout=20.0, half_close=False,
+                                      expected=datas[i], nudge=NUDGE, idle=IDLE)
+        finally:
+            # Done: let a server that serves one client at a time (LIFE-7's
+            # concern, not this clause's) move on to the next.
+            socks[i].close()
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
     try:
@@ -230,6 +275,9 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
     for i, got in enumerate(results):
         if got is None:
             raise Violation(f"client {i + 1} of {clients}: no result (its exchange hung)")
+        if got.data != datas[i] and not _echoes_plainly(srv, datas[i]):
+            pytest.skip(f"client {i + 1}'s bytes are not echoed even when it is alone "
+                        "(ECHO-1's concern): mixing cannot be judged")
         if got.data != datas[i]:
             foreign = [j + 1 for j in range(clients) if j != i and datas[j][16:48] in got.data]
             raise Violation(
@@ -319,7 +367,7 @@ def test_datagram_fuzz(bed: Testbed) -> None:
         live.require_alive(f"after datagram {_show(data)}")
 
     try:
-        example()
+        support.run_fuzz(example)
     finally:
         sock.close()
 

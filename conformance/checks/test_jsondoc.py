@@ -2,8 +2,8 @@
 limit, nesting, durability and concurrent inserts.
 
 Every response is judged against `jsondoc_model` (JSON equality, key order and spacing
-free); every wait is bounded by REPLY_S, which only stops hangs and is never a timed
-assertion.
+free); every wait is bounded (REPLY_S, BIG_REPLY_S), only to stop hangs: nothing is
+judged by how fast it answers.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 
 from conformance.checks import jsondoc_model as m
+from conformance.checks.support import run_fuzz
 from conformance.clauses import clause
 from conformance.harness import peers
 from conformance.harness.testbed import Server, Testbed, Violation
@@ -182,8 +183,11 @@ def expect_store(srv: Server, store: m.ModelStore, colls: Iterable[str], when: s
     conn = Conn(srv, "checking client")
     try:
         for coll in colls:
-            line, resp = conn.ask(m.find(coll))
-            problem = store.apply(m.find(coll), resp)
+            line, resp = conn.ask(m.count(coll))
+            problem = store.apply(m.count(coll), resp)
+            if not problem:
+                line, resp = conn.ask(m.find(coll))
+                problem = store.apply(m.find(coll), resp)
             if problem:
                 raise Violation(f"{when}: the stored state changed: sent {m.trim(line)}; "
                                 f"{problem}")
@@ -191,17 +195,60 @@ def expect_store(srv: Server, store: m.ModelStore, colls: Iterable[str], when: s
         conn.close()
 
 
-def seed(conn: Conn, store: m.ModelStore, coll: str) -> None:
-    docs: list[dict[str, Json]] = [{"_id": "seed-1", "a": 1, "s": "x"}, {"a": 1.5, "t": True}, {"n": None, "l": [1, {}]}]
-    reqs = [m.insert(coll, d) for d in docs]
+def require_framing(srv: Server, what: str) -> None:
+    """Skip a check that needs requests split across sends or pipelined in one send
+    when the server does not frame those (JSON-1 fails it then)."""
+    conn = Conn(srv, "framing probe", nodelay=True)
+    reqs = [m.ping("probe-1"), m.ping("probe-2"), m.ping("probe-3")]
     lines = [m.encode(r) for r in reqs]
-    conn.send(b"".join(lines))
-    judge(store, conn, reqs, lines, "seeding")
+    try:
+        conn.send(lines[0][:7])
+        time.sleep(0.01)
+        conn.send(lines[0][7:] + lines[1] + lines[2])
+        judge(m.ModelStore(), conn, reqs, lines, "framing probe")
+    except Violation as e:
+        pytest.skip(f"{what} needs line framing, which this server gets wrong "
+                    f"(JSON-1's concern): {e}")
+    finally:
+        conn.close()
+
+
+def seed(conn: Conn, store: m.ModelStore, coll: str) -> None:
+    """Three documents in `coll`, one request at a time."""
+    docs: list[dict[str, Json]] = [{"_id": "seed-1", "a": 1, "s": "x"}, {"a": 1.5, "t": True},
+                                   {"n": None, "l": [1, {}]}]
+    for d in docs:
+        req = m.insert(coll, d)
+        line = m.encode(req)
+        conn.send(line)
+        judge(store, conn, [req], [line], "seeding")
+
+
+# -- fuzzing against one server ---------------------------------------------------------------
+
+class LiveServer:
+    """The one server a fuzz test reuses for all its examples, restarted (fresh
+    store) when an example crashed it, so shrinking stays meaningful."""
+
+    def __init__(self, bed: Testbed, transport: str) -> None:
+        self.bed = bed
+        self.transport = transport
+        self.srv = bed.start_server(transport)
+
+    def get(self) -> Server:
+        if self.srv.proc.poll() is not None:
+            if self.srv.path:
+                try:
+                    os.unlink(self.srv.path)   # the dead server's socket file
+                except OSError:
+                    pass
+            self.srv = self.bed.start_server(self.transport, name="restarted-server")
+        return self.srv
 
 
 # -- JSON-1: framing and ordering ---------------------------------------------------------------
 
-IDS: list[Json] = [1, "two", 3.5, None, True, [4, "x"], {"five": 5}, -6, "", 0, False, "é😀"]
+IDS: list[Json] = [1, "two", None, 3.5, True, [4, "x"], {"five": 5}, -6, "", 0, False, "é😀"]
 
 
 def mixed_requests(coll: str, n: int) -> list[m.Request]:
@@ -310,8 +357,11 @@ def test_all_answered_before_eof_close(bed: Testbed, server_transport: str) -> N
 BLANK_LINES = st.sampled_from([b"\n", b" \n", b"\t\r\n", b"  \t  \n", b"\r\n"])
 
 
-def valid_requests(coll: str) -> st.SearchStrategy[m.Request]:
-    docs = m.documents(st.one_of(st.just(m.MISSING), st.sampled_from(["k1", "k2"])))
+def valid_requests(coll: str, *, duplicates: bool = True) -> st.SearchStrategy[m.Request]:
+    """Valid requests on `coll`; with `duplicates`, inserts may repeat a string _id
+    (answered duplicate_id), else they never get an error."""
+    docs = m.documents(st.one_of(st.just(m.MISSING), st.sampled_from(["k1", "k2"]))
+                       if duplicates else None)
     return st.one_of(
         st.builds(m.ping, m.request_ids()),
         st.builds(m.insert, st.just(coll), docs, m.request_ids()),
@@ -321,13 +371,14 @@ def valid_requests(coll: str) -> st.SearchStrategy[m.Request]:
 
 @clause("JSON-1")
 def test_random_splits(bed: Testbed, server_transport: str) -> None:
-    srv = bed.start_server(server_transport)
+    live = LiveServer(bed, server_transport)
     examples = itertools.count()
 
     @given(data=st.data())
     def split_stream(data: st.DataObject) -> None:
-        coll = f"split{next(examples)}"
-        items = data.draw(st.lists(st.one_of(valid_requests(coll), BLANK_LINES), min_size=1,
+        coll = f"split{next(examples):06d}"
+        items = data.draw(st.lists(st.one_of(valid_requests(coll, duplicates=False),
+                                             BLANK_LINES), min_size=1,
                                    max_size=10), label="requests and blank lines")
         enc = data.draw(st.sampled_from([{}, {"ascii": False}, {"spaced": True}]),
                         label="encoding")
@@ -337,7 +388,7 @@ def test_random_splits(bed: Testbed, server_transport: str) -> None:
                                   unique=True), label="cut points")
         reqs = [i for i in items if isinstance(i, dict)]
         sent = [line for line in lines if not m.is_blank(line[:-1])]
-        conn = Conn(srv, nodelay=True)
+        conn = Conn(live.get(), nodelay=True)
         try:
             start = 0
             for cut in [*sorted(cuts), len(stream)]:
@@ -350,33 +401,14 @@ def test_random_splits(bed: Testbed, server_transport: str) -> None:
         finally:
             conn.close()
 
-    split_stream()
+    run_fuzz(split_stream)
 
 
 # -- JSON-2: the model store --------------------------------------------------------------------
 
-class LiveServer:
-    """The one server a fuzz test reuses for all its examples, restarted (fresh
-    store) when an example crashed it, so shrinking stays meaningful."""
-
-    def __init__(self, bed: Testbed, transport: str) -> None:
-        self.bed = bed
-        self.transport = transport
-        self.srv = bed.start_server(transport)
-
-    def get(self) -> Server:
-        if self.srv.proc.poll() is not None:
-            if self.srv.path:
-                try:
-                    os.unlink(self.srv.path)   # the dead server's socket file
-                except OSError:
-                    pass
-            self.srv = self.bed.start_server(self.transport, name="restarted-server")
-        return self.srv
-
-
-DOC_IDS: st.SearchStrategy[Json] = st.one_of(st.just(m.MISSING), st.sampled_from(["k1", "k2", "k3", "", "é"]), m.texts,
-                    st.sampled_from([1, None, [], {}, True, 2.5]))
+DOC_IDS: st.SearchStrategy[Json] = st.one_of(
+    st.just(m.MISSING), st.sampled_from(["k1", "k2", "k3", "", "é"]), m.texts,
+    st.sampled_from([1, None, [], {}, True, 2.5]))
 CLIENTS = 3
 
 
@@ -389,25 +421,33 @@ def make_store_machine(live: LiveServer) -> type[RuleBasedStateMachine]:
 
         def __init__(self) -> None:
             super().__init__()
-            srv = live.get()
+            self.srv = live.get()
             n = next(examples)
             # A unique prefix per example: examples share the server, not its data.
-            self.colls = [f"e{n}.a", f"e{n}_B", f"e{n}-" + "L" * (62 - len(str(n)))]
+            # Fixed width: what hypothesis draws must not depend on the example number.
+            self.colls = [f"e{n:06d}.a", f"e{n:06d}_B", f"e{n:06d}-" + "L" * 56]
             self.store = m.ModelStore()
-            self.conns: list[Conn] = []
-            for i in range(CLIENTS):
-                self.conns.append(Conn(srv, f"client {i + 1}"))
+            self.conns: dict[int, Conn] = {}
 
         def teardown(self) -> None:
-            for c in self.conns:
+            for c in self.conns.values():
                 c.close()
 
-        def exchange(self, c: int, reqs: list[m.Request], ascii: bool = True) -> None:
+        def exchange(self, c: int, req: m.Request, ascii: bool = True) -> None:
+            if c not in self.conns:
+                self.conns[c] = Conn(self.srv, f"client {c + 1}")
             conn = self.conns[c]
-            lines = [m.encode(r, ascii=ascii) for r in reqs]
-            conn.send(b"".join(lines))
-            judge(self.store, conn, reqs, lines,
-                  f"{len(reqs)} pipelined requests" if len(reqs) > 1 else "")
+            line = m.encode(req, ascii=ascii)
+            conn.send(line)
+            resp = conn.response(line)
+            problem = self.store.apply(req, resp)
+            if problem:
+                raise Violation(f"{conn.label}: sent {m.trim(line)}; {problem}")
+            if resp.get("ok") is False:
+                # Whether the connection survives an error response is JSON-3's
+                # question; this client goes on with a new connection.
+                conn.close()
+                del self.conns[c]
 
         def any_docs(self) -> bool:
             return any(self.store.docs(coll) for coll in self.colls)
@@ -415,55 +455,51 @@ def make_store_machine(live: LiveServer) -> type[RuleBasedStateMachine]:
         @rule(c=st.integers(0, CLIENTS - 1), coll=st.integers(0, 2), doc=m.documents(DOC_IDS),
               rid=m.request_ids(), ascii=st.booleans())
         def insert(self, c: int, coll: int, doc: dict[str, Json], rid: Json, ascii: bool) -> None:
-            self.exchange(c, [m.insert(self.colls[coll], doc, rid)], ascii)
+            self.exchange(c, m.insert(self.colls[coll], doc, rid), ascii)
 
         @precondition(any_docs)
         @rule(c=st.integers(0, CLIENTS - 1), data=st.data())
         def insert_duplicate(self, c: int, data: st.DataObject) -> None:
-            coll = data.draw(st.sampled_from([x for x in self.colls if self.store.docs(x)]))
-            old = data.draw(st.sampled_from(self.store.docs(coll)))
-            self.exchange(c, [m.insert(coll, {"_id": old["_id"], "dup": True})])
+            coll = data.draw(st.sampled_from([x for x in self.colls if self.store.docs(x)]),
+                             label="collection")
+            old = data.draw(st.sampled_from(self.store.docs(coll)), label="doc whose _id")
+            self.exchange(c, m.insert(coll, {"_id": old["_id"], "dup": True}))
+
+        @precondition(any_docs)
+        @rule(c=st.integers(0, CLIENTS - 1), data=st.data())
+        def insert_similar(self, c: int, data: st.DataObject) -> None:
+            """A copy of a stored doc, some values swapped for equal ones (1 -> 1.0)
+            or traps (1 -> true): filters then match several docs, or nearly."""
+            coll = data.draw(st.sampled_from([x for x in self.colls if self.store.docs(x)]),
+                             label="collection")
+            old = data.draw(st.sampled_from(self.store.docs(coll)), label="copied doc")
+            doc = {k: data.draw(st.sampled_from(m.twist(v)), label=f"doc[{k!r}]")
+                   for k, v in old.items() if k != "_id"}
+            self.exchange(c, m.insert(coll, doc))
 
         @rule(c=st.integers(0, CLIENTS - 1), coll=st.integers(0, 2), data=st.data(),
               rid=m.request_ids(), whole=st.booleans())
         def find(self, c: int, coll: int, data: st.DataObject, rid: Json, whole: bool) -> None:
             name = self.colls[coll]
             flt = m.MISSING if whole else m.filter_from(data, self.store.docs(name))
-            self.exchange(c, [m.find(name, flt, rid)])
+            self.exchange(c, m.find(name, flt, rid))
 
         @rule(c=st.integers(0, CLIENTS - 1), coll=st.integers(0, 2), data=st.data(),
               rid=m.request_ids(), whole=st.booleans())
         def count(self, c: int, coll: int, data: st.DataObject, rid: Json, whole: bool) -> None:
             name = self.colls[coll]
             flt = m.MISSING if whole else m.filter_from(data, self.store.docs(name))
-            self.exchange(c, [m.count(name, flt, rid)])
+            self.exchange(c, m.count(name, flt, rid))
 
         @rule(c=st.integers(0, CLIENTS - 1), coll=st.integers(0, 2), data=st.data(),
               rid=m.request_ids())
         def delete(self, c: int, coll: int, data: st.DataObject, rid: Json) -> None:
             name = self.colls[coll]
-            self.exchange(c, [m.delete(name, m.filter_from(data, self.store.docs(name)), rid)])
+            self.exchange(c, m.delete(name, m.filter_from(data, self.store.docs(name)), rid))
 
         @rule(c=st.integers(0, CLIENTS - 1), rid=m.request_ids())
         def ping(self, c: int, rid: Json) -> None:
-            self.exchange(c, [m.ping(rid)])
-
-        @rule(c=st.integers(0, CLIENTS - 1), data=st.data())
-        def pipeline(self, c: int, data: st.DataObject) -> None:
-            """Several operations in one send: applied in order."""
-            coll = data.draw(st.sampled_from(self.colls))
-            ops = data.draw(st.lists(st.sampled_from(["insert", "find", "count", "delete"]),
-                                     min_size=2, max_size=5))
-            # Filters come from the model as it is now; the model judges each response
-            # after applying the ones before, as the server must.
-            reqs: list[m.Request] = []
-            for op in ops:
-                if op == "insert":
-                    reqs.append(m.insert(coll, data.draw(m.documents(DOC_IDS))))
-                    continue
-                flt = m.filter_from(data, self.store.docs(coll))
-                reqs.append({"find": m.find, "count": m.count, "delete": m.delete}[op](coll, flt))
-            self.exchange(c, reqs)
+            self.exchange(c, m.ping(rid))
 
     return StoreMachine
 
@@ -471,8 +507,8 @@ def make_store_machine(live: LiveServer) -> type[RuleBasedStateMachine]:
 @clause("JSON-2")
 def test_model_store(bed: Testbed, server_transport: str) -> None:
     machine = make_store_machine(LiveServer(bed, server_transport))
-    run_state_machine_as_test(machine, settings=settings(settings.default,
-                                                         stateful_step_count=25))
+    run_fuzz(lambda: run_state_machine_as_test(
+        machine, settings=settings(settings.default, stateful_step_count=30)))
 
 
 # -- JSON-3: malformed requests ------------------------------------------------------------------
@@ -526,12 +562,13 @@ def test_each_malformed_request(bed: Testbed, server_transport: str) -> None:
 @clause("JSON-3")
 def test_malformed_mixed_with_valid(bed: Testbed, server_transport: str) -> None:
     live = LiveServer(bed, server_transport)
+    require_framing(live.srv, "a pipelined stream of malformed and valid requests")
     examples = itertools.count()
 
     @given(data=st.data())
     def mixed_stream(data: st.DataObject) -> None:
         srv = live.get()
-        coll = f"mix{next(examples)}"
+        coll = f"mix{next(examples):06d}"
         store = m.ModelStore()
         conn = Conn(srv)
         try:
@@ -564,7 +601,7 @@ def test_malformed_mixed_with_valid(bed: Testbed, server_transport: str) -> None
         finally:
             conn.close()
 
-    mixed_stream()
+    run_fuzz(mixed_stream)
 
 
 # -- JSON-4: the line limit -------------------------------------------------------------------
@@ -596,6 +633,7 @@ def expect_too_large(conn: Conn, sent: str) -> None:
 @clause("JSON-4")
 def test_unterminated_line_over_the_limit(bed: Testbed, server_transport: str) -> None:
     srv = bed.start_server(server_transport)
+    require_framing(srv, "a line over the limit (it arrives in many reads)")
     other = Conn(srv, "other client")
     ping_works(other, "connecting")
     conn = Conn(srv, "overflowing client")
@@ -615,6 +653,7 @@ def test_unterminated_line_over_the_limit(bed: Testbed, server_transport: str) -
 @clause("JSON-4")
 def test_terminated_line_over_the_limit(bed: Testbed, server_transport: str) -> None:
     srv = bed.start_server(server_transport)
+    require_framing(srv, "a line over the limit (it arrives in many reads)")
     store = m.ModelStore()
     conn = Conn(srv, "overflowing client")
     size = m.LINE_LIMIT + m.LINE_LIMIT // 2
@@ -628,6 +667,7 @@ def test_terminated_line_over_the_limit(bed: Testbed, server_transport: str) -> 
 @pytest.mark.parametrize("length", [m.LINE_LIMIT - 16, m.LINE_LIMIT])
 def test_line_within_the_limit(bed: Testbed, server_transport: str, length: int) -> None:
     srv = bed.start_server(server_transport)
+    require_framing(srv, "a line near the limit (it arrives in many reads)")
     conn = Conn(srv)
     line = m.padded_ping(length, 7)
     conn.send_in_background(line + b"\n")
@@ -688,7 +728,6 @@ def test_nesting_limit(bed: Testbed, server_transport: str) -> None:
 # -- JSON-6: durability ---------------------------------------------------------------------
 
 ROUNDS = 5
-WINDOW = 8
 
 
 class Ledger:
@@ -728,8 +767,9 @@ class Ledger:
 
 def writer(srv: Server, ledger: Ledger, rnd: int, w: int, mine: list[str], coll: str,
            stop: threading.Event) -> None:
-    """Pipelined inserts (and deletes of this writer's acknowledged docs) until the
-    server dies or `stop`; every acknowledgement goes into the ledger."""
+    """Inserts (and deletes of this writer's acknowledged docs), one at a time, until
+    the server dies or `stop`; every acknowledgement goes into the ledger.  Only
+    writer 0 leaves the _id to the server: ids assigned concurrently are JSON-7's."""
     rng = random.Random(rnd * 10 + w)
     try:
         conn = Conn(srv, f"writer {w + 1}")
@@ -738,37 +778,34 @@ def writer(srv: Server, ledger: Ledger, rnd: int, w: int, mine: list[str], coll:
     n = 0
     try:
         while not stop.is_set():
-            reqs: list[m.Request] = []
-            for _ in range(WINDOW):
-                n += 1
-                if mine and rng.random() < 0.2:
-                    key = mine.pop(rng.randrange(len(mine)))
-                    ledger.sending_delete(key)
-                    reqs.append(m.delete(coll, {"_id": key}))
-                    continue
+            n += 1
+            req: m.Request
+            if mine and rng.random() < 0.2:
+                key = mine.pop(rng.randrange(len(mine)))
+                ledger.sending_delete(key)
+                req = m.delete(coll, {"_id": key})
+            else:
                 doc: dict[str, Json] = {"r": rnd, "w": w, "n": n, "f": rng.random(),
                                         "s": "x" * rng.randrange(200)}
-                if rng.random() < 0.7:
+                if w > 0 or rng.random() < 0.5:
                     doc["_id"] = f"r{rnd}w{w}n{n}"
-                reqs.append(m.insert(coll, doc))
-            lines = [m.encode(r) for r in reqs]
+                req = m.insert(coll, doc)
+            line = m.encode(req)
             try:
-                conn.sock.sendall(b"".join(lines))
+                conn.sock.sendall(line)
             except OSError:
                 return
-            for req, line in zip(reqs, lines, strict=True):
-                got = conn.read_line(REPLY_S)
-                if got is None:
-                    return       # killed: the rest of the window is in flight
-                resp, problem = m.parse_response(got)
-                if resp is None or resp.get("ok") is not True:
-                    with ledger.lock:
-                        ledger.problems.append(f"sent {m.trim(line)}; "
-                                               f"{problem or m.show(resp)}")
-                    return
-                acked = ledger.acknowledged(req, resp)
-                if acked is not None:
-                    mine.append(acked)
+            got = conn.read_line(REPLY_S)
+            if got is None:
+                return       # killed with this write in flight: it may or may not stay
+            resp, problem = m.parse_response(got)
+            if resp is None or resp.get("ok") is not True:
+                with ledger.lock:
+                    ledger.problems.append(f"sent {m.trim(line)}; {problem or m.show(resp)}")
+                return
+            acked = ledger.acknowledged(req, resp)
+            if acked is not None:
+                mine.append(acked)
     finally:
         conn.close()
 
@@ -849,12 +886,12 @@ def test_concurrent_inserts(bed: Testbed, server_transport: str) -> None:
 
     def insert_all(i: int) -> None:
         conn = conns[i]
-        reqs = [m.insert("many", {"client": i, "seq": k}) for k in range(PER_CLIENT)]
-        lines = [m.encode(r) for r in reqs]
         try:
             start.wait()
-            conn.sock.sendall(b"".join(lines))
-            for req, line in zip(reqs, lines, strict=True):
+            for k in range(PER_CLIENT):
+                req = m.insert("many", {"client": i, "seq": k})
+                line = m.encode(req)
+                conn.send(line)
                 resp = conn.response(line)
                 rid = resp.get("_id")
                 if resp.get("ok") is not True or not isinstance(rid, str):

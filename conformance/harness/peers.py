@@ -163,15 +163,24 @@ def request(transport: str, port: int | None = None, path: str | None = None, *,
 
 
 def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: float,
-           half_close: bool = True, gap: float = 0.0) -> Received:
-    """Write `chunks` (in that order, one send per chunk, optionally `gap` s apart)
-    while a second thread reads concurrently, as a real echo client must: a
-    server that echoes while reading would otherwise block on a full buffer.
-    Shuts down the sending side after the last chunk when `half_close`.  Reads
-    until `expect` bytes arrived (then waits for the end only if half-closed),
-    FIN, RST or `timeout`."""
+           half_close: bool = True, gap: float = 0.0, expected: bytes | None = None,
+           nudge: float | None = None, idle: float | None = None) -> Received:
+    """Write `chunks` (one send per chunk, optionally `gap` s apart) while this
+    thread reads concurrently, as a real echo client must: a server that echoes
+    while reading would otherwise block on a full buffer.
+
+    half_close: shut down our sending side after the last chunk, then read to
+    the end.  Otherwise stop once `expect` bytes arrived ("complete").
+    expected: stop at the first byte that differs from it ("mismatch") instead
+    of waiting for the rest.
+    nudge: once everything is written and nothing arrived for `nudge` s, shut
+    down our side after all: a server that lost bytes then ends at once (FIN)
+    instead of leaving us waiting; one that still owes bytes sends them first.
+    idle: once everything is written, give up after `idle` s without a byte
+    ("stalled").  `timeout` bounds the whole exchange."""
     got = Received()
     box: list[BaseException] = []
+    written = threading.Event()
     t0 = time.monotonic()
 
     def writer() -> None:
@@ -184,17 +193,34 @@ def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: fl
                 sock.shutdown(socket.SHUT_WR)
         except OSError as e:
             box.append(e)
+        finally:
+            written.set()
 
     w = threading.Thread(target=writer, daemon=True, name="stream-writer")
     w.start()
     deadline = t0 + timeout
     buf = bytearray()
+    last = time.monotonic()
+    nudged = half_close
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if now >= deadline:
             got.end = "timeout"
             break
-        sock.settimeout(min(left, 1.0))
+        if written.is_set():
+            quiet = now - max(last, 0.0)
+            if nudge is not None and not nudged and quiet >= nudge:
+                nudged = True
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                last = now
+                continue
+            if idle is not None and quiet >= idle:
+                got.end = f"stalled ({idle:g} s without a byte after everything was written)"
+                break
+        sock.settimeout(max(0.001, min(deadline - now, 0.05 if written.is_set() else 1.0)))
         try:
             chunk = sock.recv(1 << 18)
         except TimeoutError:
@@ -208,16 +234,28 @@ def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: fl
         if not chunk:
             got.end, got.end_s = "fin", time.monotonic() - t0
             break
+        last = time.monotonic()
         if got.first_byte_s is None:
-            got.first_byte_s = time.monotonic() - t0
+            got.first_byte_s = last - t0
+        start = len(buf)
         buf += chunk
-        if len(buf) > expect or (len(buf) == expect and not half_close):
+        if expected is not None and buf[start:] != expected[start:len(buf)]:
+            got.end = "mismatch"
+            break
+        if len(buf) > expect or (len(buf) == expect and not nudged):
             got.end = "more" if len(buf) > expect else "complete"
             break
+    if w.is_alive():
+        # We stopped early (mismatch, more, stalled): unblock a writer stuck on a
+        # full buffer instead of waiting for its send timeout.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     w.join(max(0.0, deadline - time.monotonic()) + 0.5)
     got.data = bytes(buf)
-    if box and got.end == "timeout":
-        got.end = f"timeout (our send failed: {box[0]})"
+    if box and got.end in ("timeout", "mismatch") or box and got.end.startswith("stalled"):
+        got.end += f" (our send failed: {box[0]})"
     return got
 
 
