@@ -53,13 +53,13 @@ from reference_impl.common.options import (
     apply_listener_options,
     connection_setsockopts,
 )
+from reference_impl.common.unixpath import UnixPath
 from reference_impl.echo.protocol import (
     BUFFER_SIZE,
     DATAGRAM_BUFFER_SIZE,
     Action,
     EchoConnection,
 )
-from reference_impl.hello.server import _UnixPath
 
 PROG = "sockconf-echo-server"
 DEFAULT_BACKLOG = 128
@@ -217,7 +217,7 @@ def _start_worker(conn: socket.socket, opts: ServerOptions, mask_signals: bool) 
 
 def serve_stream(opts: ServerOptions, port: int) -> int:
     """TCP (or AF_UNIX) echo; returns 0 on SIGTERM or exits through error_handling."""
-    unix_path = _UnixPath(opts.unix) if opts.unix is not None else None
+    unix_path = UnixPath(opts.unix) if opts.unix is not None else None
     address: str | tuple[str, int]
     if unix_path is not None:
         unix_path.remove_stale()

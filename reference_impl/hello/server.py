@@ -23,7 +23,6 @@ import os
 import select
 import signal
 import socket
-import stat
 import sys
 from time import monotonic
 from typing import NoReturn
@@ -36,6 +35,7 @@ from reference_impl.common.options import (
     apply_connection_options,
     apply_listener_options,
 )
+from reference_impl.common.unixpath import UnixPath
 from reference_impl.hello.protocol import Action, HelloServerConnection
 
 PROG = "sockconf-hello-server"
@@ -43,71 +43,6 @@ PROG = "sockconf-hello-server"
 # EOF, but never longer than this: a silent client must not pin a one-shot server.
 DRAIN_TIMEOUT = 10.0
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
-class _UnixPath:
-    """The AF_UNIX socket file: stale-file removal before bind, removal at exit."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.inode: tuple[int, int] | None = None
-
-    def remove_stale(self) -> None:
-        """Unlink ``path`` if it is a socket file nobody listens on.
-
-        Anything else (a regular file, a live listener) is left alone, so bind()
-        fails with EADDRINUSE and the server reports ``bind() error``.
-        """
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return
-        if not stat.S_ISSOCK(st.st_mode) or _unix_path_listening(self.path):
-            return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-
-    def bound(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return
-        self.inode = (st.st_dev, st.st_ino)
-
-    def remove(self) -> None:
-        """Unlink the socket file we created (and only that one)."""
-        if self.inode is None:
-            return
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self.inode:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        self.inode = None
-
-
-def _unix_path_listening(path: str) -> bool:
-    """Whether /proc/net/unix shows a listening socket bound to ``path``.
-
-    Reading /proc avoids a probe connect() (which would be an extra socket in the
-    lifecycle trace).  Paths are compared as given and as absolute paths; a socket
-    bound elsewhere under a relative name is not recognised.
-    """
-    wanted = {path, os.path.abspath(path)}
-    try:
-        with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as f:
-            next(f, None)
-            for line in f:
-                fields = line.rstrip("\n").split(None, 7)
-                # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening
-                if len(fields) == 8 and fields[7] in wanted and int(fields[3], 16) & 0x10000:
-                    return True
-    except (OSError, ValueError):
-        return False
-    return False
 
 
 def _close(sock: socket.socket | None) -> None:
@@ -118,7 +53,7 @@ def _close(sock: socket.socket | None) -> None:
             pass
 
 
-def _install_sigterm_cleanup(unix_path: _UnixPath) -> object:
+def _install_sigterm_cleanup(unix_path: UnixPath) -> object:
     """With --unix: on SIGTERM remove the socket file, then die by SIGTERM as usual.
 
     Returns the previous handler (for ``_restore_sigterm``), or None if unchanged.
@@ -168,7 +103,7 @@ def parse_command_line(argv: list[str]) -> tuple[ServerOptions, int]:
 
 def serve(opts: ServerOptions, port: int) -> int:
     """Run the one-shot server; returns 0 or exits through error_handling."""
-    unix_path = _UnixPath(opts.unix) if opts.unix is not None else None
+    unix_path = UnixPath(opts.unix) if opts.unix is not None else None
     address: str | tuple[str, int]
     if unix_path is not None:
         unix_path.remove_stale()

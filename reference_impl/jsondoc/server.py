@@ -50,7 +50,7 @@ from reference_impl.common.options import (
     apply_connection_options,
     apply_listener_options,
 )
-from reference_impl.hello.server import _UnixPath
+from reference_impl.common.unixpath import UnixPath
 from reference_impl.jsondoc.protocol import ConnState, ServerConnection
 from reference_impl.jsondoc.store import MemoryStore, SqliteStore, Store, StoreError
 
@@ -256,7 +256,7 @@ def serve(config: Config, argv0: str = PROG) -> int:
         store = open_store(config.data)
     except StoreError as exc:
         error_handling(f"{argv0}: {exc}")
-    unix_path = _UnixPath(opts.unix) if opts.unix is not None else None
+    unix_path = UnixPath(opts.unix) if opts.unix is not None else None
     address: str | tuple[str, int]
     if unix_path is not None:
         unix_path.remove_stale()
