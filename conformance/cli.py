@@ -138,8 +138,8 @@ def check_all_references(a: argparse.Namespace) -> int:
         mine = [p for p in a.clause if clauses.select([p], clauses.applicable(profile))]
         if mine or not a.clause:
             wanted[profile] = mine
-    unknown = [p for p in a.clause
-               if not any(clauses.select([p], clauses.applicable(pr)) for pr in PROFILES)]
+    matched = {p for patterns in wanted.values() for p in patterns}
+    unknown = [p for p in a.clause if p not in matched]
     if unknown:
         print(f"sockconf: --clause {unknown[0]} matches no clause of any profile", file=sys.stderr)
         return EXIT_USAGE

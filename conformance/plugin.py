@@ -95,8 +95,8 @@ def _register_hypothesis_profiles() -> None:
 def _choose_hypothesis(config: pytest.Config) -> None:
     """The ci profile unless another is chosen; a seed always (given or drawn
     here), so that every fuzz finding's reproduce line names the seed that
-    replays it.  Set on the controller before the workers start: xdist copies
-    the options, so every worker draws from the same seed."""
+    replays it.  Drawn on the controller; xdist workers re-parse the command
+    line, so they get it through workerinput (pytest_configure_node)."""
     if not hasattr(config.option, "hypothesis_profile"):
         return
     if not config.option.hypothesis_profile:
@@ -384,8 +384,8 @@ def _results(config: pytest.Config) -> list[rep.ClauseResult] | None:
             gaps[c.id] = f"the target does not declare option {c.option!r}"
         elif c.option:
             gaps[c.id] = "no check implements this option clause yet"
-    # An option clause a check did judge is no gap (judge() only uses the reason
-    # of clauses without records).
+    # Clauses whose checks were all deselected (e.g. client checks of a server-only
+    # target) say why.  judge() uses these reasons only for clauses without records.
     for cid, why in config.stash.get(NOT_RUN_KEY, {}).items():
         gaps.setdefault(cid, why)
     results = rep.judge(clauses, _records.values(), gaps)

@@ -74,15 +74,23 @@ def judge(clauses: Iterable[Clause], records: Iterable[TestRecord],
 
 
 def summary(results: list[ClauseResult]) -> dict[str, int]:
-    counts = dict.fromkeys(VERDICTS, 0)
-    for r in results:
-        counts[r.verdict] += 1
-    return counts
+    return _count([r.verdict for r in results])
 
 
 def conformant(results: list[ClauseResult], strict: bool) -> bool:
+    return _conformant([r.verdict for r in results], strict)
+
+
+def _count(verdicts: Iterable[str]) -> dict[str, int]:
+    counts = dict.fromkeys(VERDICTS, 0)
+    for v in verdicts:
+        counts[v] += 1
+    return counts
+
+
+def _conformant(verdicts: Iterable[str], strict: bool) -> bool:
     bad = {"fail", "warn"} if strict else {"fail"}
-    return not any(r.verdict in bad for r in results)
+    return not any(v in bad for v in verdicts)
 
 
 def suite_failed(results: list[ClauseResult]) -> bool:
@@ -160,10 +168,7 @@ def combine(docs: dict[str, dict[str, Any]], *, strict: bool) -> dict[str, Any]:
                     merged["reason"] = c["reason"]
             merged["tests"] += [t | {"nodeid": f"[{profile}] {t['nodeid']}"} for t in c["tests"]]
     rows = list(clauses.values())
-    counts = dict.fromkeys(VERDICTS, 0)
-    for r in rows:
-        counts[r["verdict"]] += 1
-    bad = {"fail", "warn"} if strict else {"fail"}
+    verdicts = [r["verdict"] for r in rows]
     return {
         "tool": "sockconf",
         "version": __version__,
@@ -171,8 +176,8 @@ def combine(docs: dict[str, dict[str, Any]], *, strict: bool) -> dict[str, Any]:
                    "file": None},
         "strict": strict,
         "conformant": all(d["conformant"] for d in docs.values())
-        and not any(r["verdict"] in bad for r in rows),
-        "summary": counts,
+        and _conformant(verdicts, strict),
+        "summary": _count(verdicts),
         "clauses": rows,
         "profiles": docs,
     }

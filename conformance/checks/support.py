@@ -4,6 +4,7 @@ fault-injection points.  No process is spawned here except through the testbed."
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import time
@@ -153,7 +154,6 @@ class Session:
                 return
             if want is None and b"\n" in self.buf:
                 line, self.buf = self.buf.split(b"\n", 1)
-                import json
                 try:
                     doc = json.loads(line)
                 except ValueError:
@@ -224,15 +224,6 @@ def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
     calls = trace.calls
     points: dict[str, Point] = {}
 
-    def ordinal_of(target: tracing.Call) -> Point | None:
-        n = 0
-        for c in calls:
-            if c.pid == target.pid and c.name == target.name:
-                n += 1
-            if c is target:
-                return Point(c.name, n)
-        return None
-
     def last_before(idx: int, pid: int, pred: Callable[[tracing.Call], bool]) -> tracing.Call | None:
         for c in reversed(calls[:idx]):
             if c.pid == pid and pred(c):
@@ -250,21 +241,21 @@ def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
             ("bind", lambda c: c.name == "bind" and c.fd == fd),
         ):
             c = last_before(li, pid, pred)
-            if c is not None and (p := ordinal_of(c)):
+            if c is not None and (p := _point_of(calls, c)):
                 points[name] = p
-        points["listen"] = ordinal_of(lst) or Point("listen", 1)
+        points["listen"] = _point_of(calls, lst) or Point("listen", 1)
         acc = next((c for c in calls[li:] if c.name in ("accept", "accept4") and c.ret is not None
                     and c.ret >= 0), None)
         if acc is not None:
-            if p := ordinal_of(acc):
+            if p := _point_of(calls, acc):
                 points["accept"] = p
             conn = acc.ret
             after = calls[calls.index(acc):]
             rd = next((c for c in after if c.pid == acc.pid and c.fd == conn and c.name in READ_FAMILY), None)
             wr = next((c for c in after if c.pid == acc.pid and c.fd == conn and c.name in WRITE_FAMILY), None)
-            if rd is not None and (p := ordinal_of(rd)):
+            if rd is not None and (p := _point_of(calls, rd)):
                 points["read"] = p
-            if wr is not None and (p := ordinal_of(wr)):
+            if wr is not None and (p := _point_of(calls, wr)):
                 points["write"] = p
     else:
         rd_i = next((i for i, c in enumerate(calls) if c.name in READ_FAMILY and c.sock
@@ -278,11 +269,11 @@ def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
             ci = calls.index(con)
             sock = last_before(ci, pid, lambda c: c.name == "socket" and c.ret == fd)
             for name, c in (("socket", sock), ("connect", con)):
-                if c is not None and (p := ordinal_of(c)):
+                if c is not None and (p := _point_of(calls, c)):
                     points[name] = p
             first_read = next((c for c in calls[ci:] if c.pid == pid and c.fd == fd
                                and c.name in READ_FAMILY), None)
-            if first_read is not None and (p := ordinal_of(first_read)):
+            if first_read is not None and (p := _point_of(calls, first_read)):
                 points["read"] = p
     return points
 
@@ -313,10 +304,21 @@ def _connection_points(trace: tracing.Trace) -> dict[str, Point]:
     points: dict[str, Point] = {}
     for step, family in (("read", READ_FAMILY), ("write", WRITE_FAMILY)):
         hit = next((c for c in calls if c.sock and c.name in family), None)
-        if hit is not None:
-            n = sum(1 for c in calls[:calls.index(hit) + 1] if c.pid == hit.pid and c.name == hit.name)
-            points[step] = Point(hit.name, n)
+        if hit is not None and (p := _point_of(calls, hit)):
+            points[step] = p
     return points
+
+
+def _point_of(calls: list[tracing.Call], target: tracing.Call) -> Point | None:
+    """`target` as an injection point: its ordinal among the calls of the same
+    name in the same thread (strace counts `when=` per thread)."""
+    n = 0
+    for c in calls:
+        if c.pid == target.pid and c.name == target.name:
+            n += 1
+        if c is target:
+            return Point(c.name, n)
+    return None
 
 
 def attached_baseline(bed: Testbed) -> Baseline:
@@ -331,7 +333,7 @@ def attached_baseline(bed: Testbed) -> Baseline:
         log = bed.attach_trace(srv, name="attached-trace")
         got = exchange(bed, srv)
         rc = finish(bed, srv)
-        bed.stop(srv, 1.0)
+        bed.trace_done(srv)
         _baselines[key] = Baseline(_connection_points(tracing.parse(log)), got, rc)
     return _baselines[key]
 

@@ -357,7 +357,7 @@ def _eintr_in_connection(bed: Testbed, step: str) -> None:
     if got.data == base.received.data and got.end == base.received.end:
         return
     rc = support.finish(bed, srv)
-    bed.stop(srv, 1.0)
+    bed.trace_done(srv)
     support.require_landed(srv.trace_log, f"EINTR in {step}()")
     raise Violation(f"EINTR in the connection's {step}(): the client got {got.describe()}; "
                     f"without it {base.received.describe()} (server {describe_status(rc)}, "

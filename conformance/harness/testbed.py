@@ -46,6 +46,7 @@ class Server:
     trace_log: Path | None = None
     listener: Listener | None = None
     data: str | None = None   # the jsondoc store path it was given ({data})
+    tracer: Proc | None = None  # strace attached to it (attach_trace)
 
     @property
     def pid(self) -> int:
@@ -223,7 +224,14 @@ class Testbed:
                             "(ptrace not permitted here?)")
             time.sleep(0.005)
         srv.trace_log = log
+        srv.tracer = tracer
         return log
+
+    def trace_done(self, srv: Server, timeout: float = 5.0) -> None:
+        """Wait until the strace attached to `srv` (now ended) has written its
+        whole log; kill it if it does not end."""
+        if srv.tracer is not None and srv.tracer.wait(timeout) is None:
+            srv.tracer.kill()
 
     def wait_ready(self, srv: Server) -> Listener:
         try:
