@@ -368,6 +368,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 # Records live at module level: pytest_runtest_logreport has no config argument.
 _records: dict[str, rep.TestRecord] = {}
+# Check modules that failed to load (a sockconf bug): with any, there is no verdict.
+_load_errors: list[str] = []
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # xdist forwards its workers' failed collect reports to the controller here.
+    if report.failed:
+        lines = str(report.longrepr).strip().splitlines()
+        _load_errors.append(f"{report.nodeid or 'collection'}: {lines[-1] if lines else '?'}")
 
 
 def _results(config: pytest.Config) -> list[rep.ClauseResult] | None:
@@ -399,6 +408,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     target = config.stash[TARGET_KEY]
     terminalreporter.section("sockconf clause report")
+    if _load_errors:
+        # Clauses whose checks did not load would read "skip: no check": no verdict.
+        terminalreporter.write_line("  SUITE ERROR (a bug in sockconf, no verdict): "
+                                    "check module(s) failed to load:")
+        for e in _load_errors:
+            terminalreporter.write_line(f"    {e}")
+        return
     for line in rep.terminal_lines(results, target=target.describe(),
                                    strict=config.getoption("sockconf_strict")):
         terminalreporter.write_line(line)
@@ -412,6 +428,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     results = _results(config)
     if results is None:
+        return
+    if _load_errors:
+        # pytest calls a collection error "interrupted" (2); it is the suite's own bug.
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         return
     if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR,
                       pytest.ExitCode.INTERNAL_ERROR):

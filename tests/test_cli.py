@@ -75,6 +75,18 @@ def test_clause_without_any_check_is_exit_2_not_a_pass(tmp_path: Path) -> None:
     assert res.rc == 2, res.explain()
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_check_module_that_fails_to_load_is_a_suite_error(tmp_path: Path, workers: str) -> None:
+    # pytest calls a collection error "interrupted"; for sockconf it is its own bug
+    # (exit 3), and the clauses whose checks did not load must not read "skip".
+    broken = tmp_path / "test_broken_check.py"
+    broken.write_text("import sockconf_no_such_module\n")
+    res = sockconf("check", "--profile", "hello", "--clause", "HELLO-1", "-n", workers,
+                   "--pytest-arg", str(broken), tmp_path=tmp_path)
+    assert res.rc == 3, res.explain()
+    assert "SUITE ERROR" in res.stdout and "sockconf_no_such_module" in res.stdout, res.stdout
+    assert "CONFORMANT" not in res.stdout, res.stdout
+
 def test_targets_lists_the_reference(tmp_path: Path) -> None:
     res = sockconf("targets", tmp_path=tmp_path, report=False)
     assert res.rc == 0 and "reference-hello" in res.stdout

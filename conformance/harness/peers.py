@@ -220,7 +220,10 @@ def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: fl
             if idle is not None and quiet >= idle:
                 got.end = f"stalled ({idle:g} s without a byte after everything was written)"
                 break
-        sock.settimeout(max(0.001, min(deadline - now, 0.05 if written.is_set() else 1.0)))
+        # Short slices even while the writer is busy: the moment it finishes
+        # must start the nudge/idle clocks at once, not after a long recv()
+        # (a lost-byte exchange would otherwise cost a whole slice each).
+        sock.settimeout(max(0.001, min(deadline - now, 0.02)))
         try:
             chunk = sock.recv(1 << 18)
         except TimeoutError:
