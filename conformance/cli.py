@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", choices=PROFILES)
     c.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN",
                    help="only these clauses (globs: LIFE-*, ERR-1)")
+    c.add_argument("--test", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="only the checks with this name (exact, or a glob), e.g. "
+                        "'test_echo_fuzz[tcp4]'; a fuzz finding's reproduce line uses it")
     c.add_argument("--strict", action="store_true", help="a SHOULD failure is non-conformant too")
     c.add_argument("--report-json", metavar="FILE")
     c.add_argument("--artifacts", metavar="DIR", help="keep pcap, stdout/stderr, traces of failures")
@@ -87,6 +90,8 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
             repro += [f"--{flag}", val]
     for pat in a.clause:
         args += ["--sockconf-clause", pat]
+    for name in a.test:
+        args += ["--sockconf-test", name]
     if a.strict:
         args.append("--sockconf-strict")
     if a.report_json:
@@ -105,6 +110,10 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
 
 def check(a: argparse.Namespace) -> int:
     if not (a.target or a.server or a.client or a.profile):
+        if a.test:
+            # A check's name belongs to one profile's run: say which.
+            print("sockconf: --test needs a target or --profile", file=sys.stderr)
+            return EXIT_USAGE
         return check_all_references(a)
     try:
         resolve(a.target, a.server, a.client, a.profile)

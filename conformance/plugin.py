@@ -13,6 +13,7 @@ The plugin stays inert in pytest runs that collect no check.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shlex
 import shutil
@@ -42,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sockconf-profile", choices=["hello", "echo", "jsondoc"])
     g.addoption("--sockconf-clause", action="append", default=[], metavar="PATTERN",
                 help="only clauses matching PATTERN (glob, e.g. LIFE-*); repeatable")
+    g.addoption("--sockconf-test", action="append", default=[], metavar="NAME",
+                help="only checks with this name (exact or glob, e.g. 'test_echo_fuzz[tcp4]'); "
+                     "repeatable")
     g.addoption("--sockconf-strict", action="store_true", help="SHOULD failures make it non-conformant")
     g.addoption("--sockconf-report-json", metavar="FILE", help="write the clause report as JSON")
     g.addoption("--sockconf-artifacts", metavar="DIR", help="keep evidence of failures here")
@@ -54,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _given(config: pytest.Config) -> bool:
     return any(config.getoption(o) for o in (
         "sockconf_target", "sockconf_server", "sockconf_client", "sockconf_profile",
-        "sockconf_clause", "sockconf_report_json", "sockconf_artifacts"))
+        "sockconf_clause", "sockconf_test", "sockconf_report_json", "sockconf_artifacts"))
 
 
 def _collects_checks(config: pytest.Config) -> bool:
@@ -185,6 +189,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     applicable = {c.id for c in catalogue.applicable(target.profile)}
     wanted = {c.id for c in catalogue.select(config.getoption("sockconf_clause"),
                                              catalogue.applicable(target.profile))}
+    names = config.getoption("sockconf_test")
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     why_not: dict[str, str] = {}
@@ -194,7 +199,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             keep.append(item)
             continue
         cid = m.args[0]
-        if cid not in applicable or cid not in wanted:
+        if cid not in applicable or cid not in wanted or not _named(item, names):
             drop.append(item)
             continue
         client = item.get_closest_marker("sockconf_side") is not None
@@ -213,6 +218,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _named(item: pytest.Item, names: list[str]) -> bool:
+    """--sockconf-test: a name or a glob of * and ?; brackets are literal, as in a
+    parametrized name (fnmatch would read them as a character class)."""
+    return not names or any(fnmatch.fnmatchcase(item.name, n.replace("[", "[[]")) for n in names)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -266,7 +277,9 @@ def _target_failure(exc: BaseException) -> bool:
     return isinstance(exc, AssertionError | OSError | TimeoutError)
 
 
-def _reproduce(config: pytest.Config, clause_id: str, fuzz: bool = False) -> str:
+def _reproduce(config: pytest.Config, clause_id: str, fuzz: str | None = None) -> str:
+    """The command line that runs the failed clause again; for a fuzz finding
+    (`fuzz`: the check's name) only that check, with its profile and seed."""
     base = config.getoption("sockconf_reproduce")
     if not base:
         parts = ["sockconf", "check"]
@@ -278,6 +291,8 @@ def _reproduce(config: pytest.Config, clause_id: str, fuzz: bool = False) -> str
         base = shlex.join(parts)
     line = f"{base} --clause {clause_id}"
     if fuzz:
+        if "--test" not in base.split():
+            line += f" --test {shlex.quote(fuzz)}"
         # The same profile and seed generate the same examples, so this line
         # replays the finding (and shrinks it again to the same minimal example).
         for opt in ("hypothesis_profile", "hypothesis_seed"):
@@ -311,7 +326,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     if report.failed and exc is not None:
         props["message"] = _message(exc)
         props["suite_error"] = not _target_failure(exc)
-        props["reproduce"] = _reproduce(item.config, cid, _fuzzed(exc))
+        props["reproduce"] = _reproduce(item.config, cid, item.name if _fuzzed(exc) else None)
         art = item.config.getoption("sockconf_artifacts")
         tb = item.stash.get(_BED_KEY, None)
         if art and tb is not None:
@@ -387,6 +402,10 @@ def _results(config: pytest.Config) -> list[rep.ClauseResult] | None:
     target = config.stash[TARGET_KEY]
     clauses = catalogue.select(config.getoption("sockconf_clause"),
                                catalogue.applicable(target.profile))
+    if config.getoption("sockconf_test"):
+        # Only some checks were asked for: judge their clauses, not the rest as gaps.
+        ran = {r.clause for r in _records.values()}
+        clauses = [c for c in clauses if c.id in ran]
     gaps = {}
     for c in clauses:
         if c.option and (target.server is None or not target.server.supports(c.option)):

@@ -52,3 +52,21 @@ def fixtures_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 @pytest.fixture(scope="session")
 def hello_build(fixtures_built: Callable[[str], Path]) -> Path:
     return fixtures_built("hello")
+
+
+def _weight(item: pytest.Item) -> int:
+    """Rough cost class: whole `sockconf check` runs take 10 s to minutes, the rest
+    well under a second."""
+    nodeid = item.nodeid
+    if "test_fuzz_findings" in nodeid:
+        return 3
+    if "test_selftest" in nodeid:
+        return 1 if "[hello-" in nodeid or "[hello]" in nodeid else 2
+    return 1 if "test_cli.py" in nodeid else 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Longest first (a stable sort: same order on every xdist worker), so that the
+    # workers, which steal from each other (--dist worksteal), end together instead
+    # of one running the slow tail alone.
+    items.sort(key=_weight, reverse=True)

@@ -26,8 +26,9 @@ def test_planted_bug_shrunk_and_replayed(fixtures_built: Callable[[str], Path],
                                          tmp_path: Path) -> None:
     target = fixtures_built("echo") / "targets" / "m_echo1_strlen.toml"
     # dev profile: random (not derandomized), so the replay depends on the seed.
-    first = sockconf("check", str(target), "--clause", "ECHO-1", "--hypothesis-profile", "dev",
-                     "-n", "2", tmp_path=tmp_path)
+    # One fuzz check (tcp4): the fixed ECHO-1 cases would fail too, but not by fuzzing.
+    first = sockconf("check", str(target), "--test", "test_echo_fuzz[tcp4]",
+                     "--hypothesis-profile", "dev", tmp_path=tmp_path)
     assert first.rc == 1, first.explain()
     test = _fuzz_failure(first.report or {})
     assert "Failing test case" in test["message"] or "Falsifying example" in test["message"], \
@@ -36,6 +37,8 @@ def test_planted_bug_shrunk_and_replayed(fixtures_built: Callable[[str], Path],
     replay = shlex.split(test["reproduce"])
     assert replay[:2] == ["sockconf", "check"] and "--hypothesis-seed" in replay, replay
     assert replay[replay.index("--clause") + 1] == "ECHO-1"
+    # Only the check that found it is replayed.
+    assert replay[replay.index("--test") + 1] == "test_echo_fuzz[tcp4]", replay
 
     # The line as printed, run as a user would (python -m conformance is `sockconf`).
     again_dir = tmp_path / "again"

@@ -398,21 +398,27 @@ def settle(seconds: float = 0.05) -> None:
 
 # -- fuzzing -------------------------------------------------------------------------------
 
-SHRINK_S = 60   # how long hypothesis may shrink a failure of one of our fuzz checks
+# How long hypothesis may shrink a failure of one of our fuzz checks, by profile:
+# the default ci profile keeps a broken target's run short, the longer ones get
+# a smaller example.
+SHRINK_S = {"ci": 30, "dev": 60, "nightly": 300}
 
 
 def run_fuzz(test: Callable[[], None]) -> None:
     """Run a hypothesis test of ours.
 
-    Shrinking is bounded to SHRINK_S: hypothesis' own bound (5 min) is made for
+    Shrinking is bounded by SHRINK_S: hypothesis' own bound (5 min) is made for
     in-process tests, ours replay hundreds of examples against a server; the engine
     documents MAX_SHRINKING_SECONDS as the knob to patch.  A failure that does not
     happen again when hypothesis replays it (a nondeterministic server) is still the
     target's failure: it is reported as such, not as a suite error."""
+    from hypothesis import settings
     from hypothesis.errors import FlakyFailure
     from hypothesis.internal.conjecture import engine
     saved = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = SHRINK_S
+    # (get_current_profile_name is recent hypothesis; older ones get the ci bound.)
+    profile = getattr(settings, "get_current_profile_name", lambda: "ci")()
+    engine.MAX_SHRINKING_SECONDS = SHRINK_S.get(profile, 60)
     try:
         test()
     except FlakyFailure as e:

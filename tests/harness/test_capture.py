@@ -495,9 +495,7 @@ def test_packets_is_a_scapy_packet_list(iso: netns.Isolation) -> None:
 def test_stop_closes_everything_and_is_idempotent(iso: netns.Isolation) -> None:
     cap = Capture().start()
     assert cap.running
-    t0 = time.monotonic()
     cap.stop()
-    assert time.monotonic() - t0 < 0.5  # idle: ~20 ms of quiet is enough
     assert not cap.running and _no_reader_threads()
     cap.stop()
     with pytest.raises(RuntimeError):

@@ -12,7 +12,6 @@ import importlib.util
 import random
 import shutil
 import socket
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,11 +60,6 @@ def wait(
     )
 
 
-def thread_cpu() -> float:
-    with open("/proc/thread-self/schedstat") as fh:
-        return int(fh.read().split()[0]) / 1e9
-
-
 PY_SERVER = """
 import socket, sys, time
 port, delay, oneshot = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1"
@@ -88,9 +82,9 @@ time.sleep(60)
 # --------------------------------------------------------------------------- detection
 
 
-def test_detects_listener_with_low_latency(csrv: Path) -> None:
-    """Listen at random moments after start; detection follows within ~10 ms."""
-    lat = []
+def test_detects_listener_whenever_it_starts(csrv: Path) -> None:
+    """Listen at random moments after start; the listener found is that one.
+    (How fast detection follows is measured in bench/readiness.py, not here.)"""
     rng = random.Random(1)
     for _ in range(8):
         port = free_port()
@@ -102,13 +96,7 @@ def test_detects_listener_with_low_latency(csrv: Path) -> None:
             assert got.pid == srv.pid and got.fd == fd and got.entry.fd == fd
             assert got.entry.local == ("0.0.0.0", port) and got.entry.state == "LISTEN"
             assert 0 <= got.elapsed_s <= WAIT
-            lat.append(seen - t_listen)
-    print(
-        f"\ndetection latency: median {statistics.median(lat) * 1e3:.2f} ms, "
-        f"max {max(lat) * 1e3:.2f} ms"
-    )
-    assert min(lat) >= 0
-    assert statistics.median(lat) < 0.05, lat  # ~10 ms poll interval at most, + slack
+            assert seen >= t_listen  # found after listen(), never before
 
 
 def test_python_server_detected_and_elapsed_counts_from_the_call() -> None:
@@ -116,8 +104,10 @@ def test_python_server_detected_and_elapsed_counts_from_the_call() -> None:
     with spawn([sys.executable, "-c", PY_SERVER, str(port), "0.2", "0"]) as srv:
         t0 = time.monotonic()
         got = wait(srv, transport="tcp4", port=port, timeout=WAIT)
-        assert 0.15 < got.elapsed_s < WAIT
-        assert abs((time.monotonic() - t0) - got.elapsed_s) < 0.05
+        waited = time.monotonic() - t0
+        # Counted from the call: at least the server's 0.2 s delay (less the time it
+        # had already run), and never more than the call took.
+        assert 0.15 < got.elapsed_s <= waited
         assert srv.line() == "listening"
 
 
@@ -309,15 +299,3 @@ def test_server_in_another_network_namespace(csrv: Path) -> None:
         assert got.entry.local == ("0.0.0.0", port)
 
 
-# --------------------------------------------------------------------------- cost
-
-
-def test_polling_is_cheap() -> None:
-    """CPU spent by the poller while a target never listens (1 s wait)."""
-    with spawn(["sleep", "30"]) as p:
-        c0, t0 = thread_cpu(), time.monotonic()
-        with pytest.raises(NotReady):
-            wait(p, transport="tcp4", port=free_port(), timeout=1.0)
-        cpu, wall = thread_cpu() - c0, time.monotonic() - t0
-    print(f"\npolling for {wall:.2f} s cost {cpu * 1e3:.1f} ms CPU ({cpu / wall:.1%} of a core)")
-    assert cpu / wall < 0.25  # measured ~3 %; generous for loaded CI machines
