@@ -75,6 +75,23 @@ def test_clause_without_any_check_is_exit_2_not_a_pass(tmp_path: Path) -> None:
     assert res.rc == 2, res.explain()
 
 
+def test_test_option_selects_checks_by_name(tmp_path: Path) -> None:
+    # Brackets are literal (a parametrized name), * and ? are globs; only the
+    # clauses of the selected checks are reported.
+    res = sockconf("check", "--profile", "echo", "--test", "test_every_byte_back[tcp4-one-byte]",
+                   "test_half_close[unix-*]", tmp_path=tmp_path)
+    assert res.rc == 0, res.explain()
+    doc = res.report or {}
+    assert [c["id"] for c in doc["clauses"]] == ["ECHO-1", "ECHO-2"]
+    names = sorted(t["nodeid"].split("::")[-1] for c in doc["clauses"] for t in c["tests"])
+    assert names == ["test_every_byte_back[tcp4-one-byte]", "test_half_close[unix-1MiB]",
+                     "test_half_close[unix-8MiB]", "test_half_close[unix-nothing]",
+                     "test_half_close[unix-small]"], names
+    assert sockconf("check", "--profile", "echo", "--test", "test_nothing_by_this_name",
+                    tmp_path=tmp_path).rc == 2
+    assert sockconf("check", "--test", "test_echo_fuzz[tcp4]", tmp_path=tmp_path).rc == 2
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_check_module_that_fails_to_load_is_a_suite_error(tmp_path: Path, workers: str) -> None:
     # pytest calls a collection error "interrupted"; for sockconf it is its own bug
