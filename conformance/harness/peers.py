@@ -9,6 +9,7 @@ happened (bytes received, who closed first, timestamps) for the check to judge.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
 import threading
@@ -196,6 +197,11 @@ def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: fl
         finally:
             written.set()
 
+    # One timeout for the socket, set before the writer starts and never changed:
+    # it bounds the writer's sendall() (its whole duration) and each recv().
+    sock.settimeout(timeout)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
     w = threading.Thread(target=writer, daemon=True, name="stream-writer")
     w.start()
     deadline = t0 + timeout
@@ -220,10 +226,12 @@ def stream(sock: socket.socket, chunks: list[bytes], *, expect: int, timeout: fl
             if idle is not None and quiet >= idle:
                 got.end = f"stalled ({idle:g} s without a byte after everything was written)"
                 break
-        # Short slices even while the writer is busy: the moment it finishes
-        # must start the nudge/idle clocks at once, not after a long recv()
-        # (a lost-byte exchange would otherwise cost a whole slice each).
-        sock.settimeout(max(0.001, min(deadline - now, 0.02)))
+        # Wait for data in short slices, so that the writer's end starts the
+        # nudge/idle clocks at once.  poll(), not a socket timeout: the writer
+        # thread's sendall() shares the socket, and a short timeout there would
+        # make a send that waits on a busy server fail ("timed out").
+        if not poller.poll(max(1, min(int((deadline - now) * 1000), 20))):
+            continue
         try:
             chunk = sock.recv(1 << 18)
         except TimeoutError:

@@ -135,6 +135,18 @@ class Proc:
             self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
             pass
+        # SIGKILL is delivered, not done: a descendant still has to be scheduled to
+        # die (slow on a loaded machine).  Wait until each is gone or a zombie (its
+        # reaper is not us), so that nothing of the target runs after kill().
+        deadline = time.monotonic() + 5
+        for d in descendants:
+            while time.monotonic() < deadline:
+                try:
+                    if d.status() == psutil.STATUS_ZOMBIE:
+                        break
+                except psutil.Error:
+                    break
+                time.sleep(0.005)
         if self.ended is None:
             self.ended = time.monotonic()
         _LIVE.pop(self.pid, None)

@@ -234,6 +234,24 @@ def _install_sigterm() -> object:
         return None
 
 
+# Signals whose Python handlers must run in the main thread.  The kernel delivers a
+# process signal to any thread that does not block it; had a connection thread
+# taken SIGTERM, the main thread would sleep on in accept() and the handler (which
+# Python runs only in the main thread) would wait for the next client.
+_MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _start_masked(thread: threading.Thread, *, mask: bool) -> None:
+    """Start `thread` with SIGTERM/SIGINT blocked (a new thread inherits the mask of
+    the one that starts it); `mask` False (in-process use, no handler) starts it as is."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS) if mask else None
+    try:
+        thread.start()
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _close(sock: socket.socket | None) -> None:
     if sock is not None:
         try:
@@ -311,12 +329,12 @@ def serve(config: Config, argv0: str = PROG) -> int:
                 apply_connection_options(conn, opts)
                 if tcp:  # one send per batch of responses: do not wait for ACKs
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                threading.Thread(
+                _start_masked(threading.Thread(
                     target=serve_connection,
                     args=(conn, store, conns),
                     name="jsondoc-connection",
                     daemon=True,
-                ).start()
+                ), mask=previous_sigterm is not None)
             except (OSError, RuntimeError):  # setsockopt failed / no thread: this one only
                 conns.close(conn)
     except _Terminated:
