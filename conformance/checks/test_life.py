@@ -196,8 +196,10 @@ def _stop_while_connected(bed: Testbed, srv: Server) -> None:
     try:
         session.roundtrip(1)
         srv.proc.signal(signal.SIGTERM)
-        if srv.proc.wait(2.0) is None:
-            pytest.skip("the server did not end on SIGTERM (LIFE-6's concern)")
+        # Only a hang guard: how fast it ends is LIFE-6's to judge (a 2 s wait here
+        # once ran out for the reference echo server on a machine loaded ~3x over).
+        if srv.proc.wait(10.0) is None:
+            pytest.skip("the server did not end on SIGTERM within 10 s (LIFE-6's concern)")
         session.sock.settimeout(2.0)
         try:
             while session.sock.recv(65536):
