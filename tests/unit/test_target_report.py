@@ -24,6 +24,14 @@ def test_catalogue_matches_requirements_ids() -> None:
     assert ours == ids | {("OPT-RCVBUF", "MUST")}
 
 
+def test_catalogue_matches_the_restated_spec() -> None:
+    """conformance/SPEC.md (in the repository, so this runs also where ../shared
+    is absent, as in CI) restates every clause under a `### ID (LEVEL)` heading."""
+    text = (Path(clauses.__file__).parent / "SPEC.md").read_text()
+    restated = set(re.findall(r"^### ([A-Z]+-[A-Z0-9]+) \((MUST|SHOULD)\)$", text, re.M))
+    assert restated == {(c.id, c.level) for c in clauses.CATALOGUE}
+
+
 def test_clause_decorator_rejects_unknown_ids() -> None:
     with pytest.raises(ValueError):
         clauses.clause("LIFE-99")
