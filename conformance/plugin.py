@@ -26,6 +26,7 @@ import pytest
 
 from conformance import clauses as catalogue
 from conformance import report as rep
+from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.target import Target, TargetFileError, resolve
 
 TARGET_KEY = pytest.StashKey[Target]()
@@ -268,13 +269,33 @@ _BED_KEY = pytest.StashKey[Any]()
 # -- outcomes -------------------------------------------------------------------------------
 
 def _target_failure(exc: BaseException) -> bool:
-    """True when the exception is the target's doing (a verdict), False when the
-    check itself broke (a sockconf bug → exit status 3)."""
+    """True when the exception is a judgement against the target (a Violation),
+    False when the check itself broke (a sockconf bug → verdict `error`, exit 3).
+    Nothing is guessed from exception types: an OSError or a failed assert of
+    the suite's own is the suite's fault."""
     if isinstance(exc, BaseExceptionGroup):
         # e.g. hypothesis' FlakyFailure: a finding that did not repeat on replay
         # (a timing-dependent bug) — the target's doing if every failure in it is.
         return all(_target_failure(e) for e in exc.exceptions)
-    return isinstance(exc, AssertionError | OSError | TimeoutError)
+    return isinstance(exc, Violation)
+
+
+JUDGEMENT_KEY = pytest.StashKey[Pass]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a check and keep its judgement: a check returns a Pass (built from
+    sound observations) or raises Violation / Inconclusive."""
+    if pyfuncitem.get_closest_marker("clause") is None:
+        return None
+    args = {a: pyfuncitem.funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
+    result = pyfuncitem.obj(**args)
+    if isinstance(result, Pass):
+        pyfuncitem.stash[JUDGEMENT_KEY] = result
+    elif result is not None:
+        raise TypeError(f"a check returns a Pass or raises; {pyfuncitem.name} returned {result!r}")
+    return True
 
 
 def _reproduce(config: pytest.Config, clause_id: str, fuzz: str | None = None) -> str:
@@ -323,6 +344,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     cid = m.args[0]
     props: dict[str, Any] = {"clause": cid}
     exc = call.excinfo.value if call.excinfo else None
+    if isinstance(exc, Inconclusive):
+        # Nothing could be judged: a skip (with its kind) in pytest's terms.
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {exc.reason}")
+        props["kind"] = exc.kind
     if report.failed and exc is not None:
         props["message"] = _message(exc)
         props["suite_error"] = not _target_failure(exc)
@@ -350,7 +376,7 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         inner = exc.exceptions[0]
         return f"{text}: {_message(inner)}"[:6000]
-    if not isinstance(exc, AssertionError):
+    if not isinstance(exc, Violation):
         text = f"{type(exc).__name__}: {text}"
     # hypothesis puts the shrunk falsifying example (and the reproduce blob) in
     # the exception's notes: that is the evidence of a fuzz finding.

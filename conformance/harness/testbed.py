@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.evidence import Violation
 from conformance.harness import trace as tracing
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.inspect import listening
@@ -29,12 +30,6 @@ from conformance.harness.readiness import Listener, NotReady, wait_listening
 from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
-
-
-class Violation(AssertionError):
-    """The target broke the clause under test: a `fail` (or `warn`) verdict.
-
-    The message is the one-line evidence shown in the report: expected vs seen."""
 
 
 @dataclass
@@ -135,7 +130,11 @@ class Testbed:
         fam = socket.AF_INET6 if transport == "tcp6" else socket.AF_INET
         kind = socket.SOCK_DGRAM if transport == "udp4" else socket.SOCK_STREAM
         with socket.socket(fam, kind) as s:
-            s.bind((LOOPBACK.get(transport) or "127.0.0.1", 0))
+            # The wildcard (dual-stack for tcp6), as the target will bind it: a port
+            # free on ::1 only may be held over IPv4, and a dual-stack bind fails.
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
             return int(s.getsockname()[1])
 
     def unix_path(self, name: str = "srv.sock") -> str:
