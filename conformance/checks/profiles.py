@@ -1,10 +1,10 @@
 """The three profiles as values: what a check asks of a target's protocol.
 
 A check asks the target's `Profile` (`profiles.of(bed)`) instead of branching on
-its name: which sides the target has, whether its server is one-shot or
-concurrent (and so how its service ends), its normal exchange, and — for the
-concurrent profiles — a round trip's request and answer, half a request and a
-flood of requests.
+its name: whether its server is one-shot or concurrent (how its service ends),
+its normal exchange, and — for the concurrent profiles — a round trip's request
+and answer, half a request and a flood of requests.  (Which sides a target has
+is the target's declaration: `[client]` exists for hello only.)
 """
 
 from __future__ import annotations
@@ -21,18 +21,10 @@ PING = b'{"op":"ping","id":1}\n'
 
 class Profile:
     name = ""
-    # The programs a target of this profile declares ("client": the suite also
-    # judges the target's client; otherwise the suite is the only client).
-    sides: tuple[str, ...] = ("server",)
-    # One-shot: the server serves one client, then closes its listener and exits
-    # by itself (LIFE-3).  Concurrent: it serves clients until SIGTERM (LIFE-6).
+    # The end-of-service rule.  One-shot: the server serves one client, then
+    # closes its listener and exits by itself (LIFE-3).  Concurrent: it serves
+    # clients until SIGTERM (LIFE-6).  `support.finish()` ends a server by it.
     one_shot = False
-
-    @property
-    def end_of_service(self) -> str:
-        """How a server of this profile ends after its normal exchange, in words."""
-        return ("it exits by itself after one client" if self.one_shot
-                else "it serves until SIGTERM")
 
     def exchange(self, srv: Server, timeout: float) -> peers.Received:
         """The normal exchange on one connection, as a correct client does it."""
@@ -62,7 +54,6 @@ class Profile:
 
 class Hello(Profile):
     name = "hello"
-    sides = ("server", "client")
     one_shot = True
 
     def exchange(self, srv: Server, timeout: float) -> peers.Received:

@@ -43,8 +43,8 @@ def program_names(argv: list[str], base_dir: Path) -> set[str]:
     else:
         import shutil
 
-        from conformance.harness.process import _env
-        found = shutil.which(argv0, path=_env(None)["PATH"])
+        from conformance.harness.process import child_env
+        found = shutil.which(argv0, path=child_env(None)["PATH"])
         if found:
             names.add(found)
     if os.path.basename(argv0).startswith("python") and len(argv) > 1:

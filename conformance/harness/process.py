@@ -27,7 +27,7 @@ import subprocess
 import sysconfig
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -71,7 +71,6 @@ class Proc:
     popen: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
-    started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
     @property
@@ -93,10 +92,6 @@ class Proc:
         if self.ended is None:
             self.ended = time.monotonic()
         return rc
-
-    @property
-    def returncode(self) -> int | None:
-        return self.poll()
 
     def status(self) -> str:
         return describe_status(self.poll())
@@ -204,7 +199,7 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     # Bare program names (e.g. the reference's console scripts) resolve in our own
     # scripts folder first, even when the virtualenv is not activated.
@@ -243,7 +238,7 @@ class Runner:
             try:
                 popen = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=cwd,
-                    env=_env(env), start_new_session=True, close_fds=True)
+                    env=child_env(env), start_new_session=True, close_fds=True)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"cannot run {argv[0]!r}: {e.strerror}") from None
         proc = Proc(name, list(argv), popen, out, err)

@@ -60,6 +60,13 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def listener_pid(self) -> int:
+        """The process that holds the listening socket (readiness saw it): the
+        program itself under a launcher that does not exec or under strace; the
+        spawned process until readiness has looked."""
+        return self.listener.pid if self.listener is not None else self.proc.pid
+
     def signal(self, sig: int) -> None:
         """Send `sig` to the server's process group, as a service manager does: a
         wrapper that does not exec (a launcher script, `npm start`) and what it
@@ -127,7 +134,7 @@ class ClientRun:
 
     def describe(self) -> str:
         status = (f"still running after {self.timeout_s:g} s (killed)" if self.timed_out
-                  else self.proc.status())
+                  else f"{self.proc.status()} after {self.elapsed_s:.2f} s")
         return f"{status}; stdout={self.stdout[:200]!r}; stderr={self.stderr[:200]!r}"
 
 
@@ -288,9 +295,11 @@ class Testbed:
         is traced, so the next exchange is seen whole."""
         self.need_strace()
         log = self._trace_log(name)
-        tracer = self.runner.spawn(tracing.attach_argv(srv.pid, log, injections), name=name)
+        # The process holding the listener, not a launcher that waits for it.
+        target = srv.listener_pid
+        tracer = self.runner.spawn(tracing.attach_argv(target, log, injections), name=name)
         deadline = time.monotonic() + 5.0
-        while tracing.traced_by(srv.pid) != {tracer.pid}:
+        while tracing.traced_by(target) != {tracer.pid}:
             if tracer.poll() is not None or srv.proc.poll() is not None:
                 raise Inconclusive(f"could not trace the running server: strace {tracer.status()}, "
                                    f"{tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
@@ -361,7 +370,7 @@ class Testbed:
             if program is None:
                 continue
             for template in {program.argv, *program.transport_argv.values()}:
-                literal = [fill_python(a) for a in template]
+                literal = [_literal(a) for a in template]
                 same = 0
                 for want, got in zip(literal, argv, strict=False):
                     if want is None or want != got:
@@ -464,7 +473,7 @@ def scratch(prefix: str = "sockconf-", *, short: bool = False) -> Path:
     return _SCRATCH[prefix]
 
 
-def fill_python(arg: str) -> str | None:
+def _literal(arg: str) -> str | None:
     """A program argument as it is run when it is a literal or `{python}`; None
     for one that carries another placeholder."""
     if arg == "{python}":
