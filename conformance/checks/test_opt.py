@@ -11,17 +11,15 @@ declare is not a case of its clause here (`not-applicable`).
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
+from conformance.checks.options import connected, declared, listener, tcp_transport
 from conformance.clauses import clause
 from conformance.evidence import NOT_APPLICABLE, Inconclusive, Pass, Violation, require
 from conformance.harness import packets, peers, sockopts
-from conformance.harness.inspect import SockEntry
-from conformance.harness.testbed import Server, Testbed
+from conformance.harness.testbed import Testbed
 
 # The values the suite passes (REQUIREMENTS.md: "the values the suite passes are
 # its own").  8192 gives a buffer and a window scale (16384, scale 0) that differ
@@ -31,47 +29,6 @@ RCVBUF = 8192
 SNDBUF = 24000
 BACKLOG = 3
 HANDSHAKE_WAIT_S = 0.15   # OPT-BACKLOG: a queued SYN on loopback completes at once
-
-
-def declared(bed: Testbed, option: str) -> None:
-    if not bed.server_program.supports(option):
-        raise Inconclusive(f"the target does not declare option {option!r}", NOT_APPLICABLE)
-
-
-def tcp_transport(bed: Testbed, option: str) -> str:
-    for t in ("tcp4", "tcp6"):
-        if t in bed.server_program.transports:
-            return t
-    raise Inconclusive(f"{option} is judged on a TCP connection; the target declares only "
-                       f"{', '.join(bed.server_program.transports)}", NOT_APPLICABLE)
-
-
-@contextlib.contextmanager
-def connected(srv: Server) -> Iterator[tuple[socket.socket, SockEntry]]:
-    """A connection of ours to `srv`, and the target's accepted socket of it (found
-    in /proc); ours is closed on leaving, the target's is left to the target."""
-    try:
-        sock = peers.connect(srv.transport, srv.port, None, timeout=5.0)
-    except OSError as e:
-        raise Violation(f"could not connect to the server ({e}); it {srv.proc.status()}") from None
-    try:
-        peer = sock.getsockname()[:2]
-        entry = sockopts.connection_of(srv.pid, peer)
-        if entry is None:
-            raise Inconclusive(f"the server's socket of our connection from {peer} was not found "
-                               f"in its descriptors within 2 s (server {srv.proc.status()})")
-        yield sock, entry
-    finally:
-        sock.close()
-
-
-def listener(srv: Server) -> SockEntry:
-    assert srv.port is not None
-    entry = sockopts.listener_of(srv.pid, srv.port)
-    if entry is None:
-        raise Inconclusive(f"the server's listening socket on port {srv.port} was not found "
-                           f"(server {srv.proc.status()})")
-    return entry
 
 
 # -- OPT-DEBUG -----------------------------------------------------------------------------------
