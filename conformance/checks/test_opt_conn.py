@@ -294,6 +294,12 @@ def test_keepalive(bed: Testbed) -> Pass:
             sockopts.read_option(entry, level, opt, f"{name} of the accepted socket")
             for name, level, opt, _ in names]
         armed = _armed(srv.port, peer, transport, idle)
+        assert armed.record is not None
+        due_ms = armed.record["expires_ms"]
+        if due_ms > (idle * LATE_FACTOR + LATE_S) * 1000:
+            raise Violation(f"with keepalive {idle} {interval} {count}: the idle connection's "
+                            f"keepalive timer fires in {due_ms / 1000:.0f} s, not after {idle} s "
+                            "(TCP_KEEPIDLE not set?)")
         limit = (idle + count * interval) * LATE_FACTOR + LATE_S + 1.0
         with Silence(peer[1], srv.port):
             deadline = time.monotonic() + limit
