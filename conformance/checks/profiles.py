@@ -25,6 +25,9 @@ class Profile:
     # closes its listener and exits by itself (LIFE-3).  Concurrent: it serves
     # clients until SIGTERM (LIFE-6).  `support.finish()` ends a server by it.
     one_shot = False
+    # What a client sends in the normal exchange before it shuts down its side
+    # (hello: nothing, the client only reads).
+    probe = b""
 
     def exchange(self, srv: Server, timeout: float) -> peers.Received:
         """The normal exchange on one connection, as a correct client does it."""
@@ -64,9 +67,11 @@ class Hello(Profile):
 class Echo(Profile):
     name = "echo"
 
+    probe = ECHO_PROBE
+
     def exchange(self, srv: Server, timeout: float) -> peers.Received:
-        """Send a probe, shut down our side, read the echo until FIN."""
-        return peers.request(srv.transport, srv.port, srv.path, payload=ECHO_PROBE,
+        """Send the probe, shut down our side, read the echo until FIN."""
+        return peers.request(srv.transport, srv.port, srv.path, payload=self.probe,
                              timeout=timeout)
 
     def request(self, tag: int) -> bytes:
@@ -90,9 +95,12 @@ class Echo(Profile):
 class Jsondoc(Profile):
     name = "jsondoc"
 
+    probe = PING
+
     def exchange(self, srv: Server, timeout: float) -> peers.Received:
         """Send a ping, shut down our side, read the response until FIN."""
-        return peers.request(srv.transport, srv.port, srv.path, payload=PING, timeout=timeout)
+        return peers.request(srv.transport, srv.port, srv.path, payload=self.probe,
+                             timeout=timeout)
 
     def request(self, tag: int) -> bytes:
         return b'{"op":"ping","id":%d}\n' % tag
