@@ -145,7 +145,7 @@ class Proc:
             pass
         try:
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             pass
         for d in descendants:
             try:
@@ -192,7 +192,7 @@ def group_members(pgid: int) -> list[int]:
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             continue  # gone meanwhile
         if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             out.append(int(name))
