@@ -26,10 +26,6 @@ def manifest(profile: str) -> list[dict[str, Any]]:
     return [fx | {"profile": profile} for fx in tomllib.loads(path.read_text())["fixture"]]
 
 
-def hello_manifest() -> list[dict[str, Any]]:
-    return manifest("hello")
-
-
 @dataclass
 class Checked:
     rc: int

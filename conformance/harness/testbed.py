@@ -29,6 +29,7 @@ from conformance.harness.readiness import Listener, NotReady, wait_listening
 from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
+STREAM_TRANSPORTS = ("tcp4", "tcp6", "unix")  # in the order checks prefer them
 
 
 def timeout_scale(program: Program) -> float:
@@ -194,7 +195,7 @@ class Testbed:
     def primary(self, program: Program) -> str:
         """The transport checks use when the clause is not about transports: the
         first stream one (tcp4 first), since most clauses judge connections."""
-        for t in ("tcp4", "tcp6", "unix"):
+        for t in STREAM_TRANSPORTS:
             if t in program.transports:
                 return t
         return program.transports[0]
