@@ -116,10 +116,17 @@ def test_report_json_contract(tmp_path: Path) -> None:
     assert res.rc == 0, res.explain()
     doc = res.report
     assert doc is not None
-    assert set(doc) >= {"tool", "version", "target", "strict", "conformant", "summary", "clauses"}
+    assert set(doc) >= {"tool", "version", "target", "strict", "complete", "environment",
+                        "conformant", "summary", "clauses"}
     assert doc["tool"] == "sockconf" and doc["conformant"] is True and doc["strict"] is False
+    assert doc["complete"] is True
+    env = doc["environment"]
+    assert set(env) >= {"sockconf", "kernel", "strace", "isolation", "capture", "root",
+                        "hypothesis_profile", "hypothesis_seed"}
+    assert env["isolation"] in ("netns", "user+netns", "host") and env["root"] is (os.geteuid() == 0)
+    assert env["kernel"] == os.uname().release and env["hypothesis_profile"] == "ci"
     assert set(doc["target"]) >= {"name", "profile", "file"}
-    assert set(doc["summary"]) == {"pass", "fail", "warn", "skip", "not-testable"}
+    assert set(doc["summary"]) == {"pass", "fail", "warn", "skip", "not-testable", "error"}
     assert sum(doc["summary"].values()) == len(doc["clauses"])
     ids = [c["id"] for c in doc["clauses"]]
     assert ids == ["LIFE-1", "HELLO-1", "HELLO-2", "HELLO-3"]
@@ -128,6 +135,30 @@ def test_report_json_contract(tmp_path: Path) -> None:
         assert c["verdict"] == "pass"
         for t in c["tests"]:
             assert set(t) >= {"nodeid", "outcome", "duration_s", "message", "artifacts", "reproduce"}
+            assert t["verdict"] == "pass"
+
+
+def test_unwritable_artifacts_dir_is_a_suite_error(tmp_path: Path) -> None:
+    # The suite cannot keep the evidence it was asked for: its fault (exit 3),
+    # said before any check runs — never a verdict on the target.
+    res = sockconf("check", "reference-hello", "--clause", "ARGS-1", "--artifacts",
+                   "/proc/forbidden", tmp_path=tmp_path)
+    assert res.rc == 3, res.explain()
+    assert "/proc/forbidden" in res.stdout + res.stderr
+    assert res.report is None
+
+
+def test_junit_and_html_from_check(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+    res = sockconf("check", "--clause", "HELLO-1", "--junit-xml", str(tmp_path / "j.xml"),
+                   "--html", str(tmp_path / "r.html"), tmp_path=tmp_path)
+    assert res.rc == 0, res.explain()
+    cases = ET.parse(tmp_path / "j.xml").getroot().findall("testsuite/testcase")
+    assert cases and all(
+        {p.get("name"): p.get("value") for p in c.findall("properties/property")}
+        == {"clause": "HELLO-1", "level": "MUST", "verdict": "pass"} for c in cases)
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="HELLO-1"' in page and "sockconf check" in page
 
 
 def test_full_report_lists_every_hello_clause(tmp_path: Path) -> None:
