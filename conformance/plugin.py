@@ -330,6 +330,7 @@ class _Run:
         self.expected: dict[str, int] = {}
         self.ended: dict[str, int] = {}
         self.progress = bool(config.getoption("sockconf_progress"))
+        self.shown: set[str] = set()            # clauses whose progress line was written
         self._clause_cache: dict[str, str | None] = {}
 
     @classmethod
@@ -369,6 +370,12 @@ class _Run:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.progress:
+            # xdist's "bringing up nodes..." status lines: the clause lines are the
+            # progress (a crashed worker still shows, as its check's `error`).
+            dist = self.config.pluginmanager.get_plugin("terminaldistreporter")
+            if dist is not None:
+                self.config.pluginmanager.unregister(dist)
         art = self.config.getoption("sockconf_artifacts")
         if art and self.controller:
             why = _unwritable(Path(art))
@@ -558,8 +565,12 @@ class _Run:
         return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.controller:
+            return
         props: Any = next((v for k, v in report.user_properties if k == _PROPS), None)
-        if props is None or not self.controller:
+        if props is None and report.failed:
+            props = self._crashed(report)
+        if props is None:
             return
         rec = self.records.get(report.nodeid)
         if rec is None:
@@ -582,6 +593,15 @@ class _Run:
         if report.when == "teardown":
             self._ended(rec.clause)
 
+    def _crashed(self, report: pytest.TestReport) -> dict[str, Any] | None:
+        """A failed report the plugin did not make: an xdist worker died while
+        running a check (the suite's error: the check was never judged)."""
+        cid = _clause_of_nodeid(report.nodeid, self._clause_cache)
+        if cid is None:
+            return None
+        return {"clause": cid, "suite_error": True, "message": str(report.longrepr),
+                "traceback": str(report.longrepr)}
+
     def _ended(self, cid: str) -> None:
         """A check ended: when it was its clause's last, show the clause's verdict."""
         self.ended[cid] = self.ended.get(cid, 0) + 1
@@ -593,7 +613,8 @@ class _Run:
         (result,) = rep.judge([catalogue.BY_ID[cid]],
                               [r for r in self.records.values() if r.clause == cid],
                               self._gaps())
-        tr.write_line(rep.clause_line(result, 13))
+        tr.write_line(rep.clause_line(result, _ID_WIDTH))
+        self.shown.add(cid)
 
     # -- verdicts -----------------------------------------------------------------------------
 
@@ -648,6 +669,11 @@ class _Run:
         results = self.verdicts()
         if results is None:
             return
+        if self.progress and not self.suite_errors:
+            # The clauses no check ended for (gaps, deselected sides) come last.
+            for r in results:
+                if r.clause.id not in self.shown:
+                    terminalreporter.write_line(rep.clause_line(r, _ID_WIDTH))
         terminalreporter.section("sockconf clause report")
         if self.suite_errors:
             # Clauses whose checks did not load would read "skip: no check": no verdict.
@@ -704,6 +730,7 @@ class _Run:
 
 
 RUN_KEY = pytest.StashKey[_Run]()
+_ID_WIDTH = max(len(c.id) for c in catalogue.CATALOGUE)
 
 
 def _write_outputs(config: pytest.Config, doc: dict[str, Any]) -> None:
