@@ -132,6 +132,12 @@ def test_report_json_contract(tmp_path: Path) -> None:
     assert sum(doc["summary"].values()) == len(doc["clauses"])
     ids = [c["id"] for c in doc["clauses"]]
     assert ids == ["LIFE-1", "HELLO-1", "HELLO-2", "HELLO-3"]
+    # A line per clause with its verdict (the progress), no pytest dots or warnings.
+    shown = {ln.split()[0]: ln.split()[2] for ln in res.stdout.splitlines()
+             if ln.startswith("  ") and len(ln.split()) > 2 and ln.split()[0] in ids}
+    assert shown == dict.fromkeys(ids, "PASS"), res.stdout
+    assert "warning" not in res.stdout.lower() and "..." not in res.stdout.replace(
+        "bringing up nodes...", ""), res.stdout
     for c in doc["clauses"]:
         assert set(c) >= {"id", "level", "title", "verdict", "tests"}
         assert c["verdict"] == "pass"

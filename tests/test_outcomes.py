@@ -189,6 +189,49 @@ def test_skip_makes_the_run_incomplete_and_require_complete_exit_1(tmp_path: Pat
     assert doc["complete"] is False
 
 
+def test_artifacts_kept_and_a_failure_to_keep_them_is_an_error(tmp_path: Path) -> None:
+    # The testbed's save_artifacts stands in for a harness that writes the
+    # evidence: once it works (files linked from the report), once the disk is
+    # full — which must be the suite's error, not folded into the target's fail.
+    art = tmp_path / "art"
+    checks = f"""
+    from pathlib import Path
+    from conformance import plugin
+
+    class Bed:
+        def __init__(self, full):
+            self.full = full
+        def save_artifacts(self, dest):
+            if self.full:
+                raise OSError(28, "No space left on device")
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / "server.stderr").write_text("boom")
+            return [str(dest / "server.stderr")]
+
+    @clause("HELLO-1")
+    def test_fails_with_evidence(request):
+        request.node.stash[plugin.BED_KEY] = Bed(full=False)
+        raise Violation("expected 13 bytes, saw 12")
+
+    @clause("HELLO-2")
+    def test_fails_on_a_full_disk(request):
+        request.node.stash[plugin.BED_KEY] = Bed(full=True)
+        raise Violation("greeting came late")
+    """
+    rc, out, doc = _run(tmp_path, checks, "HELLO-1", "HELLO-2",
+                        extra=("--sockconf-artifacts", str(art),
+                               "--sockconf-html", str(tmp_path / "page" / "r.html")))
+    assert rc == 3, out
+    assert _verdicts(doc) == {"HELLO-1": "fail", "HELLO-2": "error"}
+    (kept,) = doc["clauses"][0]["tests"]
+    assert [Path(a).name for a in kept["artifacts"]] == ["server.stderr", "reproduce.txt"]
+    assert Path(kept["artifacts"][1]).read_text().strip() == kept["reproduce"]
+    (lost,) = doc["clauses"][1]["tests"]
+    assert "No space left on device" in lost["message"] and "greeting came late" in lost["message"]
+    page = (tmp_path / "page" / "r.html").read_text()
+    assert 'href="../art/HELLO-1/test_fails_with_evidence/server.stderr"' in page
+
+
 def test_harness_violation_in_teardown_is_an_error(tmp_path: Path) -> None:
     # The fixture stands for the harness: its Violation while cleaning up is not
     # a judgement of the target (only a check's own code may judge in teardown).
