@@ -186,6 +186,11 @@ def check_all_references(a: argparse.Namespace) -> int:
     if unknown:
         print(f"sockconf: --clause {unknown[0]} matches no clause of any profile", file=sys.stderr)
         return EXIT_USAGE
+    if not a.hypothesis_seed:
+        # One seed for every profile's run: the combined report (and its
+        # reproduce line) names the seed that replays all of them.
+        import random
+        a.hypothesis_seed = str(random.SystemRandom().randrange(1, 2**32))
     docs: dict[str, dict[str, object]] = {}
     worst = EXIT_OK
     with tempfile.TemporaryDirectory(prefix="sockconf-all-") as tmp:
@@ -292,7 +297,7 @@ def matrix(a: argparse.Namespace) -> int:
         head = "".join(f"<th>{html.escape(n)}</th>" for n, _ in columns)
         Path(a.html).write_text(
             "<!doctype html><meta charset=utf-8><title>sockconf matrix</title><style>"
-            "td.pass{background:#cfc}td.fail{background:#fcc}td.warn{background:#ffc}"
+            "td.pass{background:#cfc}td.fail,td.error{background:#fcc}td.warn{background:#ffc}"
             "td.skip,td.not-testable{background:#eee}</style>"
             f"<table><tr><th></th>{head}</tr>{rows}</table>\n")
     return worst

@@ -382,8 +382,10 @@ class _Run:
             if why:
                 # The suite cannot keep the evidence it was asked to keep: its own
                 # fault (exit 3), found before any check runs, not after a failure.
-                self.suite_errors.append(f"--artifacts {art}: {why}")
-                pytest.exit(f"sockconf: --artifacts {art}: {why}", returncode=3)
+                msg = f"--artifacts {art}: {why}"
+                self.suite_errors.append(msg)
+                pytest.exit(f"sockconf: SUITE ERROR (not the target's fault; exit status 3): "
+                            f"{msg}", returncode=pytest.ExitCode.INTERNAL_ERROR)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:

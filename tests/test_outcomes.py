@@ -22,7 +22,7 @@ from conformance.evidence import Violation
 
 HEADER = """
 import pytest
-from conformance.clauses import clause
+from conformance.clauses import clause, transports
 from conformance.evidence import Inconclusive, Pass, Violation
 """
 
@@ -66,6 +66,11 @@ def test_judged():
 def test_option_not_declared():
     raise Inconclusive("the target does not declare option 'oobinline'", "not-applicable")
 
+@clause("HELLO-3")
+@transports("udp4")
+def test_udp_only(server_transport):
+    raise Violation("a case of a transport the target does not declare must not run")
+
 @clause("LIFE-1")
 def test_not_for_this_target():
     raise Inconclusive("the target declares no udp4 transport", "not-applicable")
@@ -94,6 +99,8 @@ def test_harness_faults_are_errors_and_not_applicable_never_lowers(tmp_path: Pat
     assert "test_harness_oserror" in oserror["traceback"]
     (violation,) = by_id["HELLO-2"]["tests"]
     assert violation["verdict"] == "fail" and "traceback" not in violation
+    udp = next(t for t in by_id["HELLO-3"]["tests"] if "test_udp_only" in t["nodeid"])
+    assert udp["kind"] == "not-applicable" and "declares none of the transports" in udp["message"]
     assert by_id["LIFE-1"]["reason"] == "the target declares no udp4 transport"
     assert by_id["LIFE-1"]["not_applicable"] is True
     # The progress lines: one per clause with its verdict, no pytest dots.
