@@ -201,7 +201,7 @@ def test_artifacts_kept_and_a_failure_to_keep_them_is_an_error(tmp_path: Path) -
     # evidence: once it works (files linked from the report), once the disk is
     # full — which must be the suite's error, not folded into the target's fail.
     art = tmp_path / "art"
-    checks = f"""
+    checks = """
     from pathlib import Path
     from conformance import plugin
 
