@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +30,6 @@ from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
 STREAM_TRANSPORTS = ("tcp4", "tcp6", "unix")  # in the order checks prefer them
-
-
-def timeout_scale(program: Program) -> float:
-    """The factor for every wait on `program` (target file `timeout_scale`)."""
-    return float(getattr(program, "timeout_scale", 1.0))
-
-
-def program_env(program: Program) -> Mapping[str, str]:
-    """What `program` adds to the environment (target file `env`)."""
-    return dict(getattr(program, "env", None) or {})
 
 
 @dataclass
@@ -265,8 +255,8 @@ class Testbed:
             log = self._trace_log(name)
             cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
-        return Server(proc, transport, port, path, log, timeout_scale=timeout_scale(program))
+                                 env=program.env)
+        return Server(proc, transport, port, path, log, timeout_scale=program.timeout_scale)
 
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
@@ -322,7 +312,7 @@ class Testbed:
     def startup_timeout(self) -> float:
         """How long the server may take to listen: its startup_timeout, scaled."""
         program = self.server_program
-        return program.startup_timeout * timeout_scale(program)
+        return program.startup_timeout * program.timeout_scale
 
     def wait_ready(self, srv: Server) -> Listener:
         try:
@@ -396,7 +386,7 @@ class Testbed:
             log = self._trace_log(name)
             cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
+                                 env=program.env)
         return proc, log
 
     def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
@@ -406,7 +396,7 @@ class Testbed:
         timeout_scale): a client, or a server that is expected to exit by itself
         (usage, bad port, bind failure)."""
         program = program or self.program_of(argv)
-        limit = timeout * timeout_scale(program)
+        limit = timeout * program.timeout_scale
         t0 = time.monotonic()
         proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name,
                                       program=program)

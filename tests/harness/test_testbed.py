@@ -104,3 +104,20 @@ def test_runs_are_matched_to_their_program(tmp_path: Path) -> None:
                     ["sh", "-c", "client", "{host}", "{port}"], profile="hello"):
         assert bed.program_of(["sh", "-c", "server"]) is bed.target.server
         assert bed.program_of(bed.client_argv("tcp4", 1)) is bed.target.client
+
+
+def test_env_and_timeout_scale_reach_the_program(tmp_path: Path) -> None:
+    """A program's `env` is in its environment; its `timeout_scale` stretches
+    every wait on it (here a client run's 0.2 s becomes 6 s)."""
+    data = {"name": "harness test", "profile": "hello",
+            "server": {"argv": ["sh", "-c", "server", "{port}"]},
+            "client": {"argv": ["sh", "-c", 'sleep 0.5; echo "$SOCKCONF_TEST_VAR"', "{host}",
+                                "{port}"], "env": {"SOCKCONF_TEST_VAR": "from the target"},
+                       "timeout_scale": 30.0}}
+    bed = Testbed(targets.from_mapping(data, base_dir=ROOT), HOST, tmp_path)
+    try:
+        run = bed.run(bed.client_argv("tcp4", 1), timeout=0.2)
+        assert run.timeout_s == pytest.approx(6.0)
+        assert (run.rc, run.stdout, run.timed_out) == (0, b"from the target\n", False)
+    finally:
+        bed.close()
