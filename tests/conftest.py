@@ -75,11 +75,6 @@ def polyglot_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[s
     return build
 
 
-@pytest.fixture(scope="session")
-def hello_build(fixtures_built: Callable[[str], Path]) -> Path:
-    return fixtures_built("hello")
-
-
 def _weight(item: pytest.Item) -> int:
     """Rough cost class: whole `sockconf check` runs take 10 s to minutes, the rest
     well under a second."""

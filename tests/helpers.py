@@ -37,10 +37,6 @@ def polyglot_manifest() -> list[dict[str, Any]]:
     return out
 
 
-def hello_manifest() -> list[dict[str, Any]]:
-    return manifest("hello")
-
-
 @dataclass
 class Checked:
     rc: int

@@ -20,7 +20,14 @@ from conformance.checks import profiles
 from conformance.evidence import Inconclusive
 from conformance.harness import peers
 from conformance.harness import trace as tracing
-from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
+from conformance.harness.testbed import (
+    STREAM_TRANSPORTS,
+    ClientRun,
+    Server,
+    Testbed,
+    Violation,
+    lines,
+)
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
@@ -86,9 +93,9 @@ def stream_transport(bed: Testbed) -> str:
     """The transport of the generic (not transport-specific) server checks: a
     stream one, since they judge connections; skip for a datagram-only target."""
     program = bed.server_program
-    for t in ("tcp4", "tcp6", "unix"):
-        if t in program.transports:
-            return t
+    transport = bed.primary(program)
+    if transport in STREAM_TRANSPORTS:
+        return transport
     raise Inconclusive(f"the target declares no stream transport "
                        f"(only {', '.join(program.transports)})")
 
