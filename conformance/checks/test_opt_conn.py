@@ -12,18 +12,21 @@ import socket
 import time
 
 from conformance.checks import support
-from conformance.checks.options import connected, declared, tcp_transport
+from conformance.checks.options import (
+    KEEPALIVE,
+    LATE_FACTOR,
+    LATE_S,
+    connected,
+    declared,
+    judge_probes,
+    tcp_transport,
+)
 from conformance.checks.test_life import _stop_while_connected
 from conformance.clauses import clause
 from conformance.evidence import Inconclusive, Pass, Violation, require
 from conformance.harness import inspect, packets, peers, sockopts
 from conformance.harness.firewall import Silence
 from conformance.harness.testbed import Server, Testbed
-
-KEEPALIVE = (1, 1, 2)       # idle, interval, count: the suite's values
-LATE_FACTOR, LATE_S = 1.15, 0.1   # timing tolerance: +15 % + 0.1 s late ...
-EARLY_S = 0.02              # ... never early (only the capture's timestamp jitter)
-
 
 # -- shared ---------------------------------------------------------------------------------------
 
@@ -229,46 +232,6 @@ def _armed(port: int, peer: tuple[str, int], transport: str, idle: int) -> socko
         time.sleep(0.01)
 
 
-def _judge_probes(conv: list[packets.TcpPacket], port: int) -> tuple[list[packets.TcpPacket],
-                                                                      packets.TcpPacket, float]:
-    """The probes and the RST after the connection went idle, and the idle start."""
-    idle, interval, count = KEEPALIVE
-    from_server = [p for p in conv if p.src[1] == port]
-    rst = next((p for p in from_server if "R" in p.flags), None)
-    if rst is None:
-        raise Violation(f"no RST from the server after the peer stopped answering: "
-                        f"{[p.describe() for p in from_server[-4:]]}")
-    # A probe: a bare ACK without payload whose seq is one below what the peer
-    # acknowledged last (seq = snd_una - 1), so that the peer must answer it.
-    probes = []
-    acked = None
-    for p in conv:
-        if p.index >= rst.index:
-            break
-        if p.dst[1] == port and "A" in p.flags:
-            acked = p.ack
-        elif (p.src[1] == port and p.flags == "A" and p.payload_len == 0
-              and acked is not None and (p.seq + 1) % 2**32 == acked):
-            probes.append(p)
-    first = probes[0] if probes else rst
-    heard = [p for p in conv if p.dst[1] == port and p.index < first.index]
-    if not heard:
-        raise Inconclusive("no packet of the peer before the probes in the capture")
-    t0 = heard[-1].time  # keepalive counts from the last packet the server received
-    if len(probes) != count:
-        raise Violation(f"keepalive {idle} {interval} {count}: {len(probes)} probe(s) before the "
-                        f"RST, expected {count}: " + "; ".join(
-                            f"+{p.time - t0:.2f} s {p.describe()}" for p in [*probes, rst]))
-    due = [idle + k * interval for k in range(count + 1)]
-    for p, at in zip([*probes, rst], due, strict=True):
-        took = p.time - t0
-        if not at - EARLY_S <= took <= at * LATE_FACTOR + LATE_S:
-            raise Violation(f"keepalive {idle} {interval} {count}: {p.describe()} at +{took:.3f} s "
-                            f"after the last packet of the peer, expected +{at} s "
-                            f"(up to {at * LATE_FACTOR + LATE_S:.2f} s)")
-    return probes, rst, t0
-
-
 @clause("OPT-KEEPALIVE")
 def test_keepalive(bed: Testbed) -> Pass:
     """keepalive 1 1 2: the idle connection's timer is keepalive; once the peer is
@@ -313,7 +276,7 @@ def test_keepalive(bed: Testbed) -> Pass:
     wire = sockopts.Wire(bed.wire())
     require(wire)
     conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
-    probes, rst, t0 = _judge_probes(conv, srv.port)
+    probes, rst, t0 = judge_probes(conv, srv.port)
     if not gone:
         raise Violation(f"the server still holds the connection {limit:.1f} s after its peer "
                         "stopped answering")
