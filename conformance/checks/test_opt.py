@@ -76,7 +76,7 @@ def test_backlog(bed: Testbed) -> Pass:
     transport = tcp_transport(bed, "backlog")
     srv = bed.start_server(transport, options={"backlog": {"n": BACKLOG}})
     assert srv.port is not None
-    diag = sockopts.listener_diag(srv.port, transport)
+    diag = sockopts.listener_diag(srv.port)
     require(diag)
     assert diag.record is not None
     expected = min(BACKLOG, sockopts.somaxconn())
@@ -146,8 +146,8 @@ def test_rcvbuf(bed: Testbed) -> Pass:
     assert srv.port is not None
     with connected(srv) as (sock, _accepted):
         peer = sock.getsockname()[:2]
-        lst = sockopts.listener_diag(srv.port, transport)
-        acc = sockopts.connection_diag(srv.port, peer, transport)
+        lst = sockopts.listener_diag(srv.port)
+        acc = sockopts.connection_diag(srv.port, peer)
     require(lst, acc)
     wire = sockopts.Wire(bed.wire())
     require(wire)
@@ -183,7 +183,7 @@ def test_sndbuf(bed: Testbed) -> Pass:
     srv = bed.start_server(transport, options={"sndbuf": {"bytes": SNDBUF}})
     assert srv.port is not None
     with connected(srv) as (sock, _accepted):
-        acc = sockopts.connection_diag(srv.port, sock.getsockname()[:2], transport)
+        acc = sockopts.connection_diag(srv.port, sock.getsockname()[:2])
     require(acc)
     if acc.skmem("sndbuf") != cal.accepted_sndbuf:
         raise Violation(f"with sndbuf {SNDBUF}: the accepted socket's send buffer is "

@@ -30,12 +30,12 @@ from conformance.harness.testbed import Server, Testbed
 
 # -- shared ---------------------------------------------------------------------------------------
 
-def _time_wait(port: int, transport: str) -> list[dict[str, object]]:
-    return [r for r in inspect.tcp_diag(port, transport, local_only=True)
+def _time_wait(port: int) -> list[dict[str, object]]:
+    return [r for r in inspect.tcp_diag(port, "tcp", local_only=True)
             if r["state"] == "TIME_WAIT"]
 
 
-def _server_closes_first(bed: Testbed, srv: Server, transport: str) -> sockopts.DiagRecord:
+def _server_closes_first(bed: Testbed, srv: Server) -> sockopts.DiagRecord:
     """One connection that the server closes first, so that the TIME_WAIT is on its
     side (hello: the one-shot exchange; concurrent: SIGTERM while connected)."""
     assert srv.port is not None
@@ -46,7 +46,7 @@ def _server_closes_first(bed: Testbed, srv: Server, transport: str) -> sockopts.
                                "LIFE-3's concern")
     else:
         _stop_while_connected(bed, srv)
-    waiting = _time_wait(srv.port, transport)
+    waiting = _time_wait(srv.port)
     if not waiting:
         raise Inconclusive("the server did not close first (no TIME_WAIT on its side): "
                            "nothing to restart into")
@@ -67,7 +67,7 @@ def test_reuseaddr(bed: Testbed) -> Pass:
     first = bed.start_server(transport, options=on, name="first")
     port = first.port
     assert port is not None
-    tw = _server_closes_first(bed, first, transport)
+    tw = _server_closes_first(bed, first)
     restart = bed.start_server(transport, port=port, options=on, ready=False, name="restart")
     what, _ = bed.exit_or_listen(restart.proc, wait)
     if what != "listen":
@@ -83,7 +83,7 @@ def test_reuseaddr(bed: Testbed) -> Pass:
     evidence = (f"restart during TIME_WAIT listened; a second instance beside it did not "
                 f"({second.proc.status()})")
     if bed.server_program.options["reuseaddr"]:
-        tw2 = _server_closes_first(bed, restart, transport)
+        tw2 = _server_closes_first(bed, restart)
         off = bed.start_server(transport, port=port, ready=False, name="without")
         what, _ = bed.exit_or_listen(off.proc, wait)
         if what == "listen":
@@ -138,7 +138,7 @@ def test_linger_abort(bed: Testbed) -> Pass:
     if support.one_shot(bed):
         srv.proc.wait(5.0)
     support.settle(0.1)
-    waiting = _time_wait(srv.port, transport)
+    waiting = _time_wait(srv.port)
     wire = sockopts.Wire(bed.wire())
     conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
     from_server = [p for p in conv if p.src[1] == srv.port]
@@ -210,12 +210,12 @@ def _idle_connection(bed: Testbed, srv: Server) -> socket.socket:
     return session.sock
 
 
-def _armed(port: int, peer: tuple[str, int], transport: str, idle: int) -> sockopts.DiagRecord:
+def _armed(port: int, peer: tuple[str, int], idle: int) -> sockopts.DiagRecord:
     """Wait (well within `idle`) until sock_diag shows the server's socket with
     nothing unacknowledged and its keepalive timer running."""
     deadline = time.monotonic() + idle * 0.6
     while True:
-        rec = sockopts.connection_diag(port, peer, transport)
+        rec = sockopts.connection_diag(port, peer)
         r = rec.record
         if r is not None:
             unacked = (r.get("tcp_info") or {}).get("tcpi_unacked", 0)
@@ -256,7 +256,7 @@ def test_keepalive(bed: Testbed) -> Pass:
         readings = [] if entry is None else [
             sockopts.read_option(entry, level, opt, f"{name} of the accepted socket")
             for name, level, opt, _ in names]
-        armed = _armed(srv.port, peer, transport, idle)
+        armed = _armed(srv.port, peer, idle)
         assert armed.record is not None
         due_ms = armed.record["expires_ms"]
         if due_ms > (idle * LATE_FACTOR + LATE_S) * 1000:
@@ -267,10 +267,10 @@ def test_keepalive(bed: Testbed) -> Pass:
         with Silence(peer[1], srv.port):
             deadline = time.monotonic() + limit
             while time.monotonic() < deadline:
-                if sockopts.connection_diag(srv.port, peer, transport).record is None:
+                if sockopts.connection_diag(srv.port, peer).record is None:
                     break
                 time.sleep(0.05)
-            gone = sockopts.connection_diag(srv.port, peer, transport).record is None
+            gone = sockopts.connection_diag(srv.port, peer).record is None
     finally:
         sock.close()
     wire = sockopts.Wire(bed.wire())

@@ -159,8 +159,9 @@ def udp_socket_of(pid: int, port: int) -> SockEntry | None:
 
 # -- sock_diag ------------------------------------------------------------------------------
 
-def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp4") -> DiagRecord:
-    """The server side of our connection from `peer` to local `port`."""
+def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp") -> DiagRecord:
+    """The server side of our connection from `peer` to local `port` (by default
+    in both families: a dual-stack AF_INET6 socket serves IPv4 peers too)."""
     what = f"the server's socket of the connection from {peer[0]}:{peer[1]}"
     try:
         recs = inspect.tcp_diag(port, kind, local_only=True)
@@ -172,7 +173,7 @@ def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp4") -> Dia
     return DiagRecord(what, None, "no such connection")
 
 
-def listener_diag(port: int, kind: str = "tcp4") -> DiagRecord:
+def listener_diag(port: int, kind: str = "tcp") -> DiagRecord:
     what = f"the LISTEN socket on port {port}"
     try:
         recs = inspect.tcp_diag(port, kind, local_only=True)
