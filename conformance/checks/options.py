@@ -47,14 +47,14 @@ def connected(srv: Server, sock: socket.socket | None = None
         try:
             sock = peers.connect(srv.transport, srv.port, None, timeout=5.0)
         except OSError as e:
-            raise Violation(f"could not connect to the server ({e}); it {srv.proc.status()}"
+            raise Violation(f"could not connect to the server ({e}); it {srv.status()}"
                             ) from None
     try:
         peer = sock.getsockname()[:2]
         entry = sockopts.connection_of(srv.pid, peer)
         if entry is None:
             raise Inconclusive(f"the server's socket of our connection from {peer} was not found "
-                               f"in its descriptors within 2 s (server {srv.proc.status()})")
+                               f"in its descriptors within 2 s (server {srv.status()})")
         yield sock, entry
     finally:
         sock.close()
@@ -65,7 +65,7 @@ def listener(srv: Server) -> SockEntry:
     entry = sockopts.listener_of(srv.pid, srv.port)
     if entry is None:
         raise Inconclusive(f"the server's listening socket on port {srv.port} was not found "
-                           f"(server {srv.proc.status()})")
+                           f"(server {srv.status()})")
     return entry
 
 

@@ -84,11 +84,11 @@ def test_backlog(bed: Testbed) -> Pass:
         raise Violation(f"started with backlog {BACKLOG}: sock_diag shows the listener's backlog "
                         f"{diag.record['wqueue']} (expected {expected})",
                         expected=str(expected), seen=str(diag.record["wqueue"]))
-    srv.proc.signal(signal.SIGSTOP)
+    srv.signal(signal.SIGSTOP)
     socks: list[socket.socket] = []
     try:
-        if not sockopts.wait_stopped(srv.pid):
-            raise Inconclusive(f"the server did not stop on SIGSTOP within 5 s ({srv.proc.status()})")
+        if not sockopts.wait_stopped(srv.listener_pid):
+            raise Inconclusive(f"the server did not stop on SIGSTOP within 5 s ({srv.status()})")
         outcome = []
         for _ in range(expected + 3):
             s, done = sockopts.handshake(transport, srv.port, HANDSHAKE_WAIT_S)
@@ -98,7 +98,7 @@ def test_backlog(bed: Testbed) -> Pass:
         for s in socks:
             s.close()
         # Resuming would let it serve the queued connections: end it instead.
-        srv.proc.kill()
+        srv.kill()
     want = [True] * (expected + 1) + [False] * 2
     shown = "".join("+" if d else "-" for d in outcome)
     if outcome != want:

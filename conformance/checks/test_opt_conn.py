@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conformance.checks import support
+from conformance.checks import profiles, support
 from conformance.checks.options import (
     KEEPALIVE,
     LATE_FACTOR,
@@ -39,9 +39,9 @@ def _server_closes_first(bed: Testbed, srv: Server) -> sockopts.DiagRecord:
     """One connection that the server closes first, so that the TIME_WAIT is on its
     side (hello: the one-shot exchange; concurrent: SIGTERM while connected)."""
     assert srv.port is not None
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         got = peers.fetch_greeting(srv.transport, srv.port, None, timeout=5.0)
-        if srv.proc.wait(5.0) is None:
+        if srv.wait_exit(5.0) is None:
             raise Inconclusive(f"the server did not exit after one client ({got.describe()}): "
                                "LIFE-3's concern")
     else:
@@ -79,7 +79,7 @@ def test_reuseaddr(bed: Testbed) -> Pass:
     if what == "listen":
         raise Violation(f"with reuseaddr, a second instance listens on port {port} beside the "
                         "running one: that is SO_REUSEPORT's behaviour, not SO_REUSEADDR's")
-    second.proc.kill()
+    second.kill()
     evidence = (f"restart during TIME_WAIT listened; a second instance beside it did not "
                 f"({second.proc.status()})")
     if bed.server_program.options["reuseaddr"]:
@@ -89,7 +89,7 @@ def test_reuseaddr(bed: Testbed) -> Pass:
         if what == "listen":
             raise Violation(f"without the reuseaddr option a restart on port {port} during "
                             "TIME_WAIT listens too: the option is not what makes it work")
-        off.proc.kill()
+        off.kill()
         evidence += f"; without the option a restart during TIME_WAIT did not ({off.proc.status()})"
         return Pass(evidence, tw, tw2)
     return Pass(evidence, tw)
@@ -100,8 +100,8 @@ def test_reuseaddr(bed: Testbed) -> Pass:
 def _exchange(bed: Testbed, sock: socket.socket) -> peers.Received:
     """The profile's normal exchange on our socket, ending with what the server
     sent up to its FIN or RST: hello reads; echo/jsondoc send, SHUT_WR, read."""
-    if bed.target.profile != "hello":
-        payload = support.ECHO_PROBE if bed.target.profile == "echo" else support.PING
+    payload = profiles.of(bed).probe
+    if payload:
         try:
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
@@ -135,8 +135,8 @@ def test_linger_abort(bed: Testbed) -> Pass:
         got = _exchange(bed, sock)
     finally:
         sock.close()
-    if support.one_shot(bed):
-        srv.proc.wait(5.0)
+    if profiles.of(bed).one_shot:
+        srv.wait_exit(5.0)
     support.settle(0.1)
     waiting = _time_wait(srv.port)
     wire = sockopts.Wire(bed.wire())
@@ -197,7 +197,7 @@ def test_linger_seconds(bed: Testbed) -> Pass:
 def _idle_connection(bed: Testbed, srv: Server) -> socket.socket:
     """A connection that has done its exchange and now idles, held open by us
     (hello: greeting and FIN read, the server drains; others: one round trip)."""
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         sock = peers.connect(srv.transport, srv.port, None, timeout=5.0)
         got = peers.read_until_end(sock, 5.0)
         if got.end != "fin":
@@ -292,16 +292,16 @@ def test_keepalive(bed: Testbed) -> Pass:
 
 
 def _after_keepalive(bed: Testbed, srv: Server) -> str:
-    if support.one_shot(bed):
-        rc = srv.proc.wait(5.0)
+    if profiles.of(bed).one_shot:
+        rc = srv.wait_exit(5.0)
         if rc is None:
             raise Violation("the one-shot server is still running 5 s after keepalive ended "
                             "its connection")
         if rc not in (0, 1):
-            raise Violation(f"after keepalive ended its connection the server {srv.proc.status()}")
-        return f"the one-shot server then {srv.proc.status()}"
-    if srv.proc.poll() is not None:
-        raise Violation(f"the server ended when keepalive dropped a connection: {srv.proc.status()}")
+            raise Violation(f"after keepalive ended its connection the server {srv.status()}")
+        return f"the one-shot server then {srv.status()}"
+    if not srv.running():
+        raise Violation(f"the server ended when keepalive dropped a connection: {srv.status()}")
     try:
         got = support.exchange(bed, srv)
     except OSError as e:
