@@ -132,6 +132,10 @@ def pytest_runtest_logreport(report: Any) -> None:
 
 def pytest_sessionfinish(session: Any) -> None:
     _MARKS["sessionfinish"] = time.time()
+    if os.environ.get("SOCKCONF_BREAKDOWN_STACKS"):
+        import faulthandler
+        faulthandler.dump_traceback_later(float(os.environ["SOCKCONF_BREAKDOWN_STACKS"]),
+                                          file=open(f"/tmp/speedrun/stack-{os.getpid()}.txt", "w"))
 
 
 def pytest_unconfigure(config: Any) -> None:

@@ -92,8 +92,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _pytest_args(a: argparse.Namespace) -> list[str]:
+    # hypothesis' own pytest plugin is off: it imports hypothesis in every process
+    # (~0.1-1 s each) even for a profile without fuzz checks; the sockconf plugin
+    # takes the profile and seed and applies them when a check imports hypothesis.
     args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
             "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess",
+            "-p", "no:hypothesispytest",
             "-n", str(a.workers), "--sockconf-isolation", a.isolation]
     if a.verbose:
         args += ["-v", "--tb=short"]
@@ -127,10 +131,10 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
         if val:
             args += [f"--sockconf-{flag}", val]
     if a.hypothesis_profile:
-        args += ["--hypothesis-profile", a.hypothesis_profile]
+        args += ["--sockconf-hypothesis-profile", a.hypothesis_profile]
         repro += ["--hypothesis-profile", a.hypothesis_profile]
     if a.hypothesis_seed:
-        args += ["--hypothesis-seed", a.hypothesis_seed]
+        args += ["--sockconf-hypothesis-seed", a.hypothesis_seed]
         repro += ["--hypothesis-seed", a.hypothesis_seed]
     args += ["--sockconf-reproduce", shlex.join(repro)]
     return args + list(a.pytest_arg)
