@@ -15,12 +15,18 @@ from typing import Any
 
 # Check function names (globs), longest first (seconds: the reference, idle machine).
 LONG_CHECKS = (
-    "test_*_fuzz",                  # hypothesis against a live server: 1-5 s
-    "test_*keepalive*",             # keepalive idle + probes: ~3 s
-    "test_many_clients_at_once",    # LIFE-7: up to 2 s
-    "test_no_sigpipe_death",        # ERR-6: ~1 s
-    "test_one_byte_segments",       # CLI-2: 13 paced segments, ~1.3 s
-    "test_*rcvbuf*",                # OPT-RCVBUF calibration
+    "test_malformed_mixed_with_valid",  # JSON fuzz (hypothesis): 2-15 s
+    "test_random_splits",               # JSON fuzz: 4-9 s
+    "test_model_store",                 # JSON stateful model: 4-6 s
+    "test_*_fuzz",                      # ECHO fuzz against a live server: 1-5 s
+    "test_*keepalive*",                 # keepalive idle + probes: ~3 s
+    "test_acknowledged_writes_survive_sigkill",  # JSON-6: ~2.5 s
+    "test_many_clients_at_once",        # LIFE-7: up to 2 s
+    "test_concurrent_inserts",          # JSON: ~2 s
+    "test_*rcvbuf*",                    # OPT-RCVBUF calibration: 1-4 s
+    "test_linger_abort",
+    "test_no_sigpipe_death",            # ERR-6: ~1 s
+    "test_one_byte_segments",           # CLI-2: 13 paced segments, ~1.3 s
     "test_*backlog*",
 )
 
