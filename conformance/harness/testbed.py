@@ -347,10 +347,11 @@ class Testbed:
     # -- clients --------------------------------------------------------------------------
 
     def client_argv(self, transport: str, port: int | str | None, path: str | None = None,
-                    host: str | None = None) -> list[str]:
+                    host: str | None = None,
+                    options: dict[str, dict[str, object]] | None = None) -> list[str]:
         return self.target.command(self.client_program, transport=transport, port=port,
                                    host=host if host is not None else LOOPBACK[transport],
-                                   path=path or "")
+                                   path=path or "", options=options)
 
     def program_of(self, argv: Sequence[str]) -> Program:
         """The declared program `argv` runs (the client or the server, for its
