@@ -80,8 +80,14 @@ def test_fixture_verdicts(fx: dict[str, Any], fixtures_built: Callable[[str], Pa
     if fx["kind"] in ("good", "legal"):
         assert not _bad(report), f"false alarm on {fx['name']}: {_bad(report)}"
         assert res.rc == 0, res.explain()
-        unjudged = _unjudged(report, _must_judge(fx["profile"], target))
+        # not_judged: clauses whose situation this legal program never creates
+        # (the manifest says why); they must be skip, never pass.
+        exempt = fx.get("not_judged", {})
+        must = [c for c in _must_judge(fx["profile"], target) if c not in exempt]
+        unjudged = _unjudged(report, must)
         assert not unjudged, unjudged
+        judged = [c for c in exempt if verdicts.get(c) not in ("skip", "not-testable")]
+        assert not judged, f"{fx['name']}: expected unjudgeable, but judged: {judged}"
         return
     clause_id, level = fx["breaks"], fx["level"]
     expected = "fail" if level == "MUST" else "warn"
