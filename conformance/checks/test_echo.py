@@ -1,4 +1,4 @@
-"""ECHO — byte-stream and datagram echo (ECHO-1..5, OPT-OOBINLINE).
+"""ECHO — byte-stream and datagram echo (ECHO-1..5; OPT-OOBINLINE is in test_opt.py).
 
 Every stream check reads while it writes, as a real echo client must: a server
 that echoes as it reads would otherwise block on a full buffer and look broken.
@@ -382,7 +382,7 @@ def test_datagram_fuzz(bed: Testbed) -> Pass:
         sock.close()
 
 
-# -- ECHO-5 / OPT-OOBINLINE -------------------------------------------------------------------
+# -- ECHO-5 --------------------------------------------------------------------------------
 
 def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
     """b"ab", then b"X" as urgent data (MSG_OOB), then b"cd", then SHUT_WR; what
@@ -433,18 +433,3 @@ def test_urgent_byte_inline(bed: Testbed, server_transport: str) -> Pass:
                         f"expected b'abXcd' back (urgent byte in order), got {got!r}")
     return Pass(f"with the declared oobinline option on {server_transport}: b'ab' + urgent "
                 "b'X' + b'cd' came back as b'abXcd', then FIN")
-
-
-@clause("OPT-OOBINLINE")
-def test_oobinline_option(bed: Testbed) -> Pass:
-    """The declared option, by behaviour: the urgent byte stays in the stream, in
-    order (REQUIREMENTS.md: "OPT-OOBINLINE — see ECHO-5")."""
-    _inline_declared(bed)
-    if bed.target.profile != "echo":
-        raise Inconclusive("urgent-data semantics are observable through the echo profile only",
-                           "not-applicable")
-    transport = "tcp4" if "tcp4" in bed.server_program.transports else "tcp6"
-    got = _urgent_exchange(bed, transport, inline=True)
-    if got != b"abXcd":
-        raise Violation(f"with the oobinline option: expected b'abXcd' back, got {got!r}")
-    return Pass("with the oobinline option: the urgent byte came back in order (b'abXcd')")
