@@ -35,18 +35,18 @@ def test_prints_greeting(bed: Testbed, client_transport: str) -> Pass:
                       timeout=CLIENT_GUARD_S)
     if run.stdout != support.CLIENT_OUTPUT:
         if run.timed_out:
-            raise Violation(f"still running {CLIENT_GUARD_S:.0f} s after connecting (killed) "
+            raise Violation(f"still running {run.timeout_s:.0f} s after connecting (killed) "
                             f"without printing {support.CLIENT_OUTPUT!r}: stdout "
                             f"{run.stdout[:200]!r}")
         raise Violation(f"expected stdout {support.CLIENT_OUTPUT!r}, saw {run.stdout[:200]!r}")
     if run.timed_out:
         raise Inconclusive(f"printed {support.CLIENT_OUTPUT!r}, but was still running "
-                           f"{CLIENT_GUARD_S:.0f} s after connecting (killed): its exit status "
+                           f"{run.timeout_s:.0f} s after connecting (killed): its exit status "
                            "is unknown (exiting in time is CLI-3's clause)")
     if run.rc != 0:
         raise Violation(f"printed the greeting but {run.proc.status()} (expected 0); "
                         f"stderr {run.stderr[:120]!r}")
-    return Pass(f"on {client_transport} printed {support.CLIENT_OUTPUT!r} and exited 0")
+    return Pass(f"on {client_transport} printed {support.CLIENT_OUTPUT!r} and exited 0", run)
 
 
 @clause("CLI-2")
@@ -131,7 +131,7 @@ def test_no_explicit_bind(bed: Testbed) -> Pass:
         raise Inconclusive(f"{len(trace.unparsed)} line(s) of the client's trace could not be "
                            f"parsed (first: line {trace.unparsed[0]}): cannot tell it never binds")
     return Pass(f"the traced client made {len(trace.calls)} calls, "
-                + (f"{len(binds)} bind() to port 0" if binds else "no bind()"))
+                + (f"{len(binds)} bind() to port 0" if binds else "no bind()"), run)
 
 
 @clause("CLI-5")

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
+from conformance.checks import support
 from conformance.checks.fuzzing import Fuzz, LiveServer
-from conformance.checks.peer_errors import blamed_on_target
 from conformance.clauses import clause, transports
 from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.harness import peers
@@ -72,7 +72,7 @@ NUDGE, IDLE = 0.1, 3.0
 
 def echo_roundtrip(srv: Server, chunks: list[bytes], *, half_close: bool, timeout: float,
                    gap: float = 0.0) -> peers.Received:
-    with blamed_on_target("connecting", srv.proc):
+    with support.blamed_on_target("connecting", srv):
         sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
     data = b"".join(chunks)
     try:
@@ -240,7 +240,7 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
     srv = bed.start_server(server_transport)
     socks: list[socket.socket] = []
     try:
-        with blamed_on_target(f"connecting {clients} clients", srv.proc):
+        with support.blamed_on_target(f"connecting {clients} clients", srv):
             for _ in range(clients):
                 socks.append(peers.connect(srv.transport, srv.port, srv.path, timeout=5.0))
     except BaseException:
@@ -298,7 +298,7 @@ def _udp_echo(srv: Server, sock: socket.socket, data: bytes, timeout: float = 3.
     if srv.port is None:
         raise RuntimeError("a UDP server without a port")
     # ECONNREFUSED here is the ICMP port-unreachable of a server that is gone.
-    with blamed_on_target(f"a datagram of {len(data)} byte(s)", srv.proc):
+    with support.blamed_on_target(f"a datagram of {len(data)} byte(s)", srv):
         sock.sendto(data, ("127.0.0.1", srv.port))
         sock.settimeout(timeout)
         try:
@@ -389,7 +389,7 @@ def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
     came back before the server's FIN."""
     options: dict[str, dict[str, object]] | None = {"oobinline": {}} if inline else None
     srv = bed.start_server(transport, options=options)
-    with blamed_on_target("b'ab', urgent b'X', b'cd', SHUT_WR", srv.proc):
+    with support.blamed_on_target("b'ab', urgent b'X', b'cd', SHUT_WR", srv):
         sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
         try:
             sock.sendall(b"ab")

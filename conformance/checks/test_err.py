@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conformance.checks import support
+from conformance.checks import profiles, support
 from conformance.clauses import clause, client_side
 from conformance.harness import peers
 from conformance.harness import trace as tracing
@@ -224,7 +224,7 @@ def test_client_bad_ip_not_on_stdout(bed: Testbed) -> None:
 @clause("ERR-6")
 @pytest.mark.parametrize("read_first", [0, 1], ids=["reset-at-once", "reset-after-1-byte"])
 def test_no_sigpipe_death(bed: Testbed, read_first: int) -> None:
-    if not support.one_shot(bed):
+    if not profiles.of(bed).one_shot:
         _resets_while_answering(bed, read_first)
         return
     srv = bed.start_server()
@@ -253,10 +253,7 @@ def _resets_while_answering(bed: Testbed, rounds: int) -> None:
     Only death by a signal is this clause's concern; a server that stops serving
     otherwise fails LIFE-8."""
     srv = bed.start_server(support.stream_transport(bed))
-    if bed.target.profile == "echo":
-        flood = bytes(range(256)) * 2048                       # 512 KiB
-    else:
-        flood = b"".join(b'{"op":"ping","id":%d}\n' % i for i in range(20000))
+    flood = profiles.of(bed).flood(512 * 1024)
     for _ in range(3 + rounds):
         sock = peers.connect(srv.transport, srv.port, srv.path)
         try:
@@ -311,7 +308,7 @@ def test_client_fault_injection(bed: Testbed, step: str, errno_: str, message: s
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["accept", "read", "write"])
 def test_server_eintr_retried(bed: Testbed, step: str) -> None:
-    if step != "accept" and not support.one_shot(bed):
+    if step != "accept" and not profiles.of(bed).one_shot:
         _eintr_in_connection(bed, step)
         return
     base = support.server_baseline(bed)

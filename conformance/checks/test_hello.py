@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from conformance.checks import support
-from conformance.checks.peer_errors import blamed_on_target
 from conformance.clauses import clause
 from conformance.evidence import Inconclusive, Pass, Violation, require
 from conformance.harness import peers
@@ -19,15 +18,16 @@ PROMPT_S = 1.0  # HELLO-2: "right after accept()": well within a second
 @clause("HELLO-1")
 def test_exact_greeting(bed: Testbed, server_transport: str) -> Pass:
     srv = bed.start_server(server_transport)
-    with blamed_on_target("connecting for the greeting", srv.proc):
-        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=HELLO_TIMEOUT)
+    with support.blamed_on_target("connecting for the greeting", srv):
+        got = peers.fetch_greeting(srv.transport, srv.port, srv.path,
+                                   timeout=HELLO_TIMEOUT * srv.timeout_scale)
     if got.data != support.GREETING:
         raise Violation(f"expected exactly {support.GREETING!r} (13 bytes), got {got.describe()}")
     if got.end == "timeout":
         # "Nothing else" is known only once the connection ended; one that never
         # ends, even after our EOF, is LIFE-3/LIFE-4's failure, not this clause's.
         raise Inconclusive(f"the 13 bytes arrived, but the server did not end the connection "
-                           f"within {HELLO_TIMEOUT:.0f} s, even after our EOF: cannot tell that "
+                           f"within {HELLO_TIMEOUT * srv.timeout_scale:.0f} s, even after our EOF: cannot tell that "
                            "it writes nothing else (LIFE-4's concern)")
     return Pass(f"read exactly {support.GREETING!r} on {server_transport}, then {got.end}"
                 + (" after our EOF" if got.eof_sent_s is not None else ""))
@@ -36,7 +36,7 @@ def test_exact_greeting(bed: Testbed, server_transport: str) -> Pass:
 @clause("HELLO-2")
 def test_greeting_without_client_data(bed: Testbed) -> Pass:
     srv = bed.start_server()
-    with blamed_on_target("connecting and waiting for the greeting", srv.proc):
+    with support.blamed_on_target("connecting and waiting for the greeting", srv):
         sock = peers.connect(srv.transport, srv.port, srv.path)
         try:
             got = peers.read_until_end(sock, PROMPT_S, limit=len(support.GREETING))
@@ -75,17 +75,18 @@ def test_client_data_harmless(bed: Testbed, when: str) -> Pass:
     # The baseline: a data-free exchange that already ends in RST is LIFE-4's
     # failure; client data cannot be blamed for it.
     base = bed.start_server(transport, name="baseline")
-    with blamed_on_target("the exchange without client data", base.proc):
+    with support.blamed_on_target("the exchange without client data", base):
         normal = peers.fetch_greeting(base.transport, base.port, base.path,
-                                      timeout=HELLO_TIMEOUT)
-    base.proc.wait(5.0)
+                                      timeout=HELLO_TIMEOUT * base.timeout_scale)
+    base.wait_exit(5.0)
     support.settle()
     before, after = SCENARIOS[when]
     srv = bed.start_server(transport)
-    with blamed_on_target(f"the exchange with client data {when} the greeting", srv.proc):
-        got = peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=HELLO_TIMEOUT,
+    with support.blamed_on_target(f"the exchange with client data {when} the greeting", srv):
+        got = peers.fetch_greeting(srv.transport, srv.port, srv.path,
+                                   timeout=HELLO_TIMEOUT * srv.timeout_scale,
                                    send_before=before, send_after=after)
-    srv.proc.wait(5.0)
+    srv.wait_exit(5.0)
     support.settle()
     if base.port is None or srv.port is None:
         raise RuntimeError("a TCP server without a port")

@@ -31,8 +31,7 @@ from hypothesis.stateful import (
 
 from conformance.checks import jsondoc_model as m
 from conformance.checks.fuzzing import Fuzz, LiveServer
-from conformance.checks.peer_errors import server_state as proc_state
-from conformance.checks.peer_errors import target_did
+from conformance.checks.support import PEER_ERRNOS
 from conformance.clauses import clause
 from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.harness import peers
@@ -46,7 +45,16 @@ Json = m.Json
 # -- a client connection ---------------------------------------------------------------------
 
 def server_state(srv: Server) -> str:
-    return proc_state(srv.proc)
+    if srv.proc.poll() is None:
+        return "the server is still running"
+    tail = srv.proc.stderr_tail(300).strip()
+    return f"the server died ({srv.proc.status()})" + (f", stderr {tail!r}" if tail else "")
+
+
+def caused_by_server(e: OSError) -> bool:
+    """Whether our socket's failure is one only the server can cause (else it is
+    the suite's own trouble: EMFILE, ENOBUFS, ...)."""
+    return isinstance(e, TimeoutError) or e.errno in PEER_ERRNOS
 
 
 class Conn:
@@ -58,7 +66,7 @@ class Conn:
         try:
             self.sock = peers.connect(srv.transport, srv.port, srv.path, timeout=REPLY_S)
         except OSError as e:
-            if target_did(e) is None:
+            if not caused_by_server(e):
                 raise       # the suite's own trouble (EMFILE, ...): an error, not a verdict
             raise Violation(f"{label}: cannot connect ({e}); {server_state(srv)}") from None
         # The socket timeout bounds sendall(); reads wait with select() up to a deadline.
@@ -75,7 +83,7 @@ class Conn:
         try:
             self.sock.sendall(data)
         except OSError as e:
-            if target_did(e) is None:
+            if not caused_by_server(e):
                 raise
             raise Violation(f"{self.label}: sending {m.trim(data)} failed ({e}); "
                             f"{server_state(self.srv)}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conformance.checks import support
+from conformance.checks import profiles, support
 from conformance.checks.options import connected, declared, tcp_transport
 from conformance.checks.test_life import _stop_while_connected
 from conformance.clauses import clause
@@ -36,7 +36,7 @@ def _server_closes_first(bed: Testbed, srv: Server, transport: str) -> sockopts.
     """One connection that the server closes first, so that the TIME_WAIT is on its
     side (hello: the one-shot exchange; concurrent: SIGTERM while connected)."""
     assert srv.port is not None
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         got = peers.fetch_greeting(srv.transport, srv.port, None, timeout=5.0)
         if srv.proc.wait(5.0) is None:
             raise Inconclusive(f"the server did not exit after one client ({got.describe()}): "
@@ -97,8 +97,8 @@ def test_reuseaddr(bed: Testbed) -> Pass:
 def _exchange(bed: Testbed, sock: socket.socket) -> peers.Received:
     """The profile's normal exchange on our socket, ending with what the server
     sent up to its FIN or RST: hello reads; echo/jsondoc send, SHUT_WR, read."""
-    if bed.target.profile != "hello":
-        payload = support.ECHO_PROBE if bed.target.profile == "echo" else support.PING
+    payload = profiles.of(bed).probe
+    if payload:
         try:
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
@@ -132,7 +132,7 @@ def test_linger_abort(bed: Testbed) -> Pass:
         got = _exchange(bed, sock)
     finally:
         sock.close()
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         srv.proc.wait(5.0)
     support.settle(0.1)
     waiting = _time_wait(srv.port, transport)
@@ -194,7 +194,7 @@ def test_linger_seconds(bed: Testbed) -> Pass:
 def _idle_connection(bed: Testbed, srv: Server) -> socket.socket:
     """A connection that has done its exchange and now idles, held open by us
     (hello: greeting and FIN read, the server drains; others: one round trip)."""
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         sock = peers.connect(srv.transport, srv.port, None, timeout=5.0)
         got = peers.read_until_end(sock, 5.0)
         if got.end != "fin":
@@ -329,7 +329,7 @@ def test_keepalive(bed: Testbed) -> Pass:
 
 
 def _after_keepalive(bed: Testbed, srv: Server) -> str:
-    if support.one_shot(bed):
+    if profiles.of(bed).one_shot:
         rc = srv.proc.wait(5.0)
         if rc is None:
             raise Violation("the one-shot server is still running 5 s after keepalive ended "

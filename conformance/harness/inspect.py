@@ -43,6 +43,7 @@ from conformance.harness.sockdiag import (
     DiagMessage,
     DiagUnavailable,
     SockDiag,
+    UnixListenDiag,
     as_dict,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "listening",
     "sockets_on_port",
     "listen_diag",
+    "unix_listen_diag",
     "tcp_diag",
     "getsockopt_of",
 ]
@@ -560,6 +562,15 @@ def listen_diag(port: int, kind: str = "tcp4", *, netns_pid: int | None = None) 
     return [ListenDiag(backlog=m.wqueue, queued=m.rqueue, local=m.local, inode=m.inode,
                        kind=m.kind, v6only=m.v6only)
             for m in _diag(kind, LISTEN_ONLY, 0, netns_pid) if m.local[1] == port]
+
+
+def unix_listen_diag(path: str, *, netns_pid: int | None = None) -> list[UnixListenDiag]:
+    """The AF_UNIX listeners bound to ``path`` (unix_diag: backlog and queue length)."""
+    def query() -> list[UnixListenDiag]:
+        with SockDiag() as diag:
+            return [u for u in diag.unix_listeners() if u.path == path]
+
+    return run_in_netns(netns_pid, query)
 
 
 def tcp_diag(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ALL_STATES", "DiagMessage", "DiagUnavailable", "LISTEN_ONLY", "SockDiag",
-           "TCP_LISTEN", "TCP_STATES"]
+           "TCP_LISTEN", "TCP_STATES", "UnixListenDiag"]
 
 TCP_STATES = {
     0x01: "ESTABLISHED",
@@ -48,7 +48,10 @@ _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST_DUMP = 0x1 | 0x300
 _HDR = struct.Struct("=IHHII")
 _MSG = struct.Struct("=BBBB HH 16s 16s I 8s IIIII")  # struct inet_diag_msg (72 bytes)
+_UNIX_MSG = struct.Struct("=BBBBI8s")  # struct unix_diag_msg (16 bytes)
 INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_SKV6ONLY = 2, 7, 11
+UNIX_DIAG_NAME, UNIX_DIAG_RQLEN = 0, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN = 0x01, 0x10
 EXT_INFO_AND_MEMINFO = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1))
 
 # struct tcp_info (linux/tcp.h), in order; a shorter one from an older kernel is
@@ -107,6 +110,26 @@ class DiagMessage:
         return TCP_STATES.get(self.state, str(self.state))
 
 
+@dataclass(frozen=True)
+class UnixListenDiag:
+    """A listening AF_UNIX socket as unix_diag reports it."""
+    path: str           # "@name" for an abstract one
+    inode: int
+    queued: int         # connections waiting in the accept queue
+    backlog: int        # listen()'s backlog as applied
+
+
+def _attrs(data: bytes, a: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while a + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, a)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[a + 4:a + alen]
+        a += (alen + 3) & ~3
+    return out
+
+
 def _tcp_info(raw: bytes) -> dict[str, int]:
     out: dict[str, int] = dict(zip(_TCP_INFO_U8, raw[:6], strict=False))
     if len(raw) >= 8:
@@ -133,14 +156,7 @@ def _decode(data: bytes, body: int, end: int) -> DiagMessage:
      wqueue, uid, inode) = _MSG.unpack_from(data, body)
     sport, dport = socket.ntohs(sport), socket.ntohs(dport)
     n = 16 if family == socket.AF_INET6 else 4
-    attrs: dict[int, bytes] = {}
-    a = body + _MSG.size
-    while a + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, a)
-        if alen < 4:
-            break
-        attrs[atype & 0x3FFF] = data[a + 4:a + alen]
-        a += (alen + 3) & ~3
+    attrs = _attrs(data, body + _MSG.size, end)
     v6 = attrs.get(INET_DIAG_SKV6ONLY)
     info = attrs.get(INET_DIAG_INFO)
     mem = attrs.get(INET_DIAG_SKMEMINFO)
@@ -180,12 +196,34 @@ class SockDiag:
         states: LISTEN_ONLY asks the kernel for its listening hash only);
         `ext`: the attributes wanted (EXT_INFO_AND_MEMINFO).  DiagUnavailable
         or OSError when the kernel does not answer."""
-        self.seq += 1
         req = (struct.pack("=BBBBI", family, socket.IPPROTO_TCP, ext, 0, states)
                + bytes(48))  # struct inet_diag_sockid: not used by a dump
+        return [_decode(data, body, end) for data, body, end in self._dump(req, _MSG.size)]
+
+    def unix_listeners(self) -> list[UnixListenDiag]:
+        """Every listening AF_UNIX socket of the namespace, with its path and queue."""
+        req = struct.pack("=BBHIII8s", socket.AF_UNIX, 0, 0, LISTEN_ONLY, 0,
+                          UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN, bytes(8))
+        out = []
+        for data, body, end in self._dump(req, _UNIX_MSG.size):
+            inode = _UNIX_MSG.unpack_from(data, body)[4]
+            attrs = _attrs(data, body + _UNIX_MSG.size, end)
+            name, rq = attrs.get(UNIX_DIAG_NAME), attrs.get(UNIX_DIAG_RQLEN)
+            if name is None or rq is None or len(rq) < 8:
+                continue
+            path = ("@" + name[1:].decode(errors="surrogateescape") if name.startswith(b"\0")
+                    else name.decode(errors="surrogateescape"))
+            queued, backlog = struct.unpack_from("=II", rq)
+            out.append(UnixListenDiag(path, inode, queued, backlog))
+        return out
+
+    def _dump(self, req: bytes, msg_size: int) -> list[tuple[bytes, int, int]]:
+        """Send one dump request; (buffer, message body offset, message end) of
+        every answer message."""
+        self.seq += 1
         self.sock.send(_HDR.pack(_HDR.size + len(req), _SOCK_DIAG_BY_FAMILY,
                                  _NLM_F_REQUEST_DUMP, self.seq, 0) + req)
-        out: list[DiagMessage] = []
+        out: list[tuple[bytes, int, int]] = []
         while True:
             data = self.sock.recv(1 << 16)
             off = 0
@@ -200,8 +238,8 @@ class SockDiag:
                     if mtype == _NLMSG_ERROR:
                         code = struct.unpack_from("=i", data, body)[0]
                         raise DiagUnavailable(f"sock_diag error {code}")
-                    if length >= _HDR.size + _MSG.size:
-                        out.append(_decode(data, body, off + length))
+                    if length >= _HDR.size + msg_size:
+                        out.append((data, body, off + length))
                 off += (length + 3) & ~3
 
 
