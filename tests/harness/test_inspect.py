@@ -434,6 +434,8 @@ def test_unix_listener(csrv: Path, tmp_path: Path) -> None:
         until(lambda: I.listening(srv.pid), what="unix listener")
         [e] = I.listening(srv.pid)
         assert (e.kind, e.state, e.local) == ("unix", "LISTEN", path)
+        [d] = I.unix_listen_diag(path)
+        assert (d.backlog, d.queued, d.inode) == (3, 0, e.inode)
 
 
 def test_tcp_diag_keepalive_timer_and_skmem(csrv: Path) -> None:
