@@ -211,8 +211,9 @@ class SockDiag:
             name, rq = attrs.get(UNIX_DIAG_NAME), attrs.get(UNIX_DIAG_RQLEN)
             if name is None or rq is None or len(rq) < 8:
                 continue
+            # A path name comes with the NUL (and padding) the program bound it with.
             path = ("@" + name[1:].decode(errors="surrogateescape") if name.startswith(b"\0")
-                    else name.decode(errors="surrogateescape"))
+                    else name.split(b"\0", 1)[0].decode(errors="surrogateescape"))
             queued, backlog = struct.unpack_from("=II", rq)
             out.append(UnixListenDiag(path, inode, queued, backlog))
         return out
