@@ -600,6 +600,10 @@ class _Run:
         running a check (the suite's error: the check was never judged)."""
         cid = _clause_of_nodeid(report.nodeid, self._clause_cache)
         if cid is None:
+            if report.when == "???":   # xdist's mark of a crash report
+                # A check of unknown clause died with its worker: no verdict at all
+                # rather than a clause judged without it.
+                self.suite_errors.append(f"{report.longrepr}")
             return None
         return {"clause": cid, "suite_error": True, "message": str(report.longrepr),
                 "traceback": str(report.longrepr)}

@@ -17,10 +17,17 @@ from pathlib import Path
 import pytest
 
 from conformance.checks import profiles
-from conformance.evidence import Inconclusive
+from conformance.evidence import Inconclusive, Pass, require
 from conformance.harness import peers
 from conformance.harness import trace as tracing
-from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
+from conformance.harness.testbed import (
+    STREAM_TRANSPORTS,
+    ClientRun,
+    Server,
+    Testbed,
+    Violation,
+    lines,
+)
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
@@ -57,7 +64,9 @@ def program_names(argv: list[str], base_dir: Path) -> set[str]:
     return names
 
 
-def expect_usage(run: ClientRun, names: set[str], rest: str) -> None:
+def expect_usage(run: ClientRun, names: set[str], rest: str) -> Pass:
+    """The usage line on stdout and exit 1; the Pass cites the run."""
+    require(run)  # a run strace never started says nothing about the program
     wanted = {f"Usage : {n} {rest}\n".encode() for n in names}
     if run.timed_out:
         raise Violation(f"expected the usage line and exit 1; the program was still running: {run.describe()}")
@@ -66,10 +75,13 @@ def expect_usage(run: ClientRun, names: set[str], rest: str) -> None:
         raise Violation(f"expected stdout {shown!r}, saw {run.stdout[:200]!r} (stderr {run.stderr[:120]!r})")
     if run.rc != 1:
         raise Violation(f"usage printed, but {run.proc.status()} (expected exit status 1)")
+    return Pass(f"printed {run.stdout!r} and exited 1", run)
 
 
-def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> None:
-    """exit 1 with `message` as a line of stderr (error_handling), stdout empty."""
+def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> Pass:
+    """exit 1 with `message` as a line of stderr (error_handling), stdout empty;
+    the Pass cites the run."""
+    require(run)  # a run strace never started says nothing about the program
     if run.timed_out:
         raise Violation(f"expected {message!r} and exit 1; still running: {run.describe()}")
     if message not in lines(run.stderr):
@@ -78,6 +90,8 @@ def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> 
         raise Violation(f"reported {message!r} but {run.proc.status()} (expected exit status 1)")
     if stdout_empty and run.stdout:
         raise Violation(f"stdout must stay empty on an error, saw {run.stdout[:200]!r}")
+    return Pass(f"{message!r} on stderr, exit status 1"
+                + (", stdout empty" if stdout_empty else ""), run)
 
 
 # -- the profile's normal exchange -------------------------------------------------------------
@@ -86,9 +100,9 @@ def stream_transport(bed: Testbed) -> str:
     """The transport of the generic (not transport-specific) server checks: a
     stream one, since they judge connections; skip for a datagram-only target."""
     program = bed.server_program
-    for t in ("tcp4", "tcp6", "unix"):
-        if t in program.transports:
-            return t
+    transport = bed.primary(program)
+    if transport in STREAM_TRANSPORTS:
+        return transport
     raise Inconclusive(f"the target declares no stream transport "
                        f"(only {', '.join(program.transports)})")
 

@@ -135,7 +135,8 @@ def _port_free(srv: Server, when: str) -> Seen:
     if srv.transport == "unix":
         try:
             peers.connect("unix", path=srv.path, timeout=1.0).close()
-        except OSError as e:
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            # Any other failure (EMFILE, EACCES in our process) proves nothing.
             return Seen(f"nothing accepts on {srv.path} any more ({e.strerror})")
         raise Violation(f"{when}: something still accepts on {srv.path}")
     if srv.port is None:
@@ -266,10 +267,11 @@ def test_sigterm(bed: Testbed, server_transport: str) -> Pass:
     srv = bed.start_server(server_transport)
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
-    rc = srv.wait_exit(1.0)
+    # The clause's own 1 s is a requirement, not a hang guard: timeout_scale
+    # does not stretch it.
+    rc = srv.proc.wait_group(1.0)
     if rc is None:
-        raise Violation(f"still running {1.0 * srv.timeout_scale:g} s after SIGTERM "
-                        "(to its process group)")
+        raise Violation("still running 1 s after SIGTERM (to its process group)")
     took = time.monotonic() - t0
     ended = f"ended {took:.2f} s after SIGTERM ({srv.status()})"
     free = _port_free(srv, ended)

@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +30,7 @@ from conformance.harness.wire import Wire
 from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
-
-
-def timeout_scale(program: Program) -> float:
-    """The factor for every wait on `program` (target file `timeout_scale`)."""
-    return float(getattr(program, "timeout_scale", 1.0))
-
-
-def program_env(program: Program) -> Mapping[str, str]:
-    """What `program` adds to the environment (target file `env`)."""
-    return dict(getattr(program, "env", None) or {})
+STREAM_TRANSPORTS = ("tcp4", "tcp6", "unix")  # in the order checks prefer them
 
 
 @dataclass
@@ -196,7 +187,7 @@ class Testbed:
     def primary(self, program: Program) -> str:
         """The transport checks use when the clause is not about transports: the
         first stream one (tcp4 first), since most clauses judge connections."""
-        for t in ("tcp4", "tcp6", "unix"):
+        for t in STREAM_TRANSPORTS:
             if t in program.transports:
                 return t
         return program.transports[0]
@@ -266,8 +257,8 @@ class Testbed:
             log = self._trace_log(name)
             cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
-        return Server(proc, transport, port, path, log, timeout_scale=timeout_scale(program))
+                                 env=program.env)
+        return Server(proc, transport, port, path, log, timeout_scale=program.timeout_scale)
 
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
@@ -323,7 +314,7 @@ class Testbed:
     def startup_timeout(self) -> float:
         """How long the server may take to listen: its startup_timeout, scaled."""
         program = self.server_program
-        return program.startup_timeout * timeout_scale(program)
+        return program.startup_timeout * program.timeout_scale
 
     def wait_ready(self, srv: Server) -> Listener:
         try:
@@ -358,10 +349,11 @@ class Testbed:
     # -- clients --------------------------------------------------------------------------
 
     def client_argv(self, transport: str, port: int | str | None, path: str | None = None,
-                    host: str | None = None) -> list[str]:
+                    host: str | None = None,
+                    options: dict[str, dict[str, object]] | None = None) -> list[str]:
         return self.target.command(self.client_program, transport=transport, port=port,
                                    host=host if host is not None else LOOPBACK[transport],
-                                   path=path or "")
+                                   path=path or "", options=options)
 
     def program_of(self, argv: Sequence[str]) -> Program:
         """The declared program `argv` runs (the client or the server, for its
@@ -397,7 +389,7 @@ class Testbed:
             log = self._trace_log(name)
             cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
+                                 env=program.env)
         return proc, log
 
     def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
@@ -407,7 +399,7 @@ class Testbed:
         timeout_scale): a client, or a server that is expected to exit by itself
         (usage, bad port, bind failure)."""
         program = program or self.program_of(argv)
-        limit = timeout * timeout_scale(program)
+        limit = timeout * program.timeout_scale
         t0 = time.monotonic()
         proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name,
                                       program=program)
