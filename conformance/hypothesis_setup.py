@@ -28,6 +28,9 @@ PROFILES = ("ci", "dev", "nightly")
 # max_examples of each profile (per fuzz check).  ci is derandomized: every run of
 # a target draws the same examples.
 MAX_EXAMPLES = {"ci": 25, "dev": 100, "nightly": 5000}
+# A campaign fuzzes in rounds until its time is up; a round is the profile's
+# max_examples but at most this many, so that the last one ends near the deadline.
+CAMPAIGN_ROUND = 1000
 
 
 @dataclass
@@ -37,6 +40,7 @@ class HypothesisChoice:
     profile: str
     seed: str
     database: str | None = None
+    campaign: bool = False    # rounds until a time is up: each round at most 1000 examples
 
     def apply(self) -> None:
         """Register our profiles, load the chosen one, force the seed.  Idempotent."""
@@ -61,16 +65,23 @@ class HypothesisChoice:
         # directory, by default in the cwd: point it at this run's scratch dir.
         configuration.set_hypothesis_home_dir(str(scratch("sockconf-hypothesis-")))
         for name in PROFILES:
-            settings.register_profile(name, max_examples=MAX_EXAMPLES[name],
-                                      derandomize=name == "ci", **common)
+            examples = MAX_EXAMPLES[name]
+            if self.campaign:
+                examples = min(examples, CAMPAIGN_ROUND)
+            settings.register_profile(name, max_examples=examples,
+                                      derandomize=name == "ci" and database is None, **common)
         settings.load_profile(self.profile)
         # (as hypothesis' own --hypothesis-seed: an integer when it reads as one)
         seed: Any = int(self.seed) if self.seed.lstrip("-").isdigit() else self.seed
-        core.global_force_seed = seed
+        if database is None:
+            core.global_force_seed = seed
+        # else: hypothesis ignores its database under a forced seed; a run with a
+        # database (a campaign, a campaign finding's replay) draws its own, and a
+        # finding replays from the database (checks/campaign.py).
 
 
 def choose(option: Any, workerinput: dict[str, Any] | None, *, profile: str | None,
-           seed: str | None, database: str | None) -> HypothesisChoice:
+           seed: str | None, database: str | None, campaign: bool = False) -> HypothesisChoice:
     """The ci profile unless another is chosen; a seed always (given, or drawn
     here on the controller and handed to xdist workers through workerinput), so
     that every fuzz finding's reproduce line names the seed that replays it.
@@ -88,7 +99,7 @@ def choose(option: Any, workerinput: dict[str, Any] | None, *, profile: str | No
     for name in ("hypothesis_profile", "hypothesis_seed"):
         if hasattr(option, name):
             setattr(option, name, None)
-    return HypothesisChoice(profile, str(seed), database)
+    return HypothesisChoice(profile, str(seed), database, campaign)
 
 
 def lazily(choice: HypothesisChoice) -> None:

@@ -42,6 +42,7 @@ from conformance import hypothesis_setup, render
 from conformance import report as rep
 from conformance.environment import describe_environment
 from conformance.evidence import NOT_APPLICABLE, SKIP, Inconclusive, Pass, Violation
+from conformance.scheduling import is_fuzz_check
 from conformance.target import Target, TargetFileError, resolve
 
 # A check that returns without a Pass (None) is the suite's error once every
@@ -53,6 +54,7 @@ _PROPS = "sockconf"
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 # Check modules whose every check is about one profile's clauses (tested against
 # their clause marks in tests/unit/test_scheduling.py); the others serve all profiles.
+CAMPAIGN_LOG = "campaign.log"   # under --artifacts: a fuzz campaign's progress lines
 PROFILE_MODULES = {"test_hello.py": "hello", "test_client.py": "hello",
                    "test_echo.py": "echo", "test_jsondoc.py": "jsondoc"}
 
@@ -86,6 +88,9 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--sockconf-hypothesis-seed", {"metavar": "S", "help": "hypothesis seed (default: drawn "
                                                             "and reported; also "
                                                             "--hypothesis-seed)"}),
+    ("--sockconf-fuzz-duration", {"metavar": "SECONDS", "type": float,
+                                  "help": "a fuzz campaign: only the fuzz checks, each fuzzing "
+                                          "in rounds until its share of SECONDS is used"}),
     ("--sockconf-hypothesis-db", {"metavar": "DIR",
                                   "help": "hypothesis' example database (a fuzz campaign's "
                                           "findings, replayed first); default: none"}),
@@ -297,14 +302,23 @@ class _Run:
         self.shown: set[str] = set()            # clauses whose progress line was written
         self._clause_cache: dict[str, str | None] = {}
         self.hypothesis = hypothesis_setup.HypothesisChoice("ci", "0")
+        self.duration: float | None = config.getoption("sockconf_fuzz_duration")
 
     @classmethod
     def start(cls, config: pytest.Config) -> _Run:
+        duration = config.getoption("sockconf_fuzz_duration")
+        database = config.getoption("sockconf_hypothesis_db")
+        if duration is not None:
+            art = config.getoption("sockconf_artifacts")
+            if not art:
+                raise pytest.UsageError("sockconf: a fuzz campaign needs --sockconf-artifacts "
+                                        "(its example database and progress log live there)")
+            database = database or hypothesis_setup.database_dir(art)
         choice = hypothesis_setup.choose(
             config.option, getattr(config, "workerinput", None),
             profile=config.getoption("sockconf_hypothesis_profile"),
             seed=config.getoption("sockconf_hypothesis_seed"),
-            database=config.getoption("sockconf_hypothesis_db"))
+            database=database, campaign=duration is not None)
         hypothesis_setup.lazily(choice)
         try:
             target = resolve(config.getoption("sockconf_target"),
@@ -415,6 +429,9 @@ class _Run:
             if cid not in applicable_ids or cid not in wanted or not _named(item, names):
                 drop.append(item)
                 continue
+            if self.duration is not None and not is_fuzz_check(item):
+                drop.append(item)   # a campaign fuzzes; the other checks are for `check`
+                continue
             client = item.get_closest_marker("sockconf_side") is not None
             prog = self.target.client if client else self.target.server
             if prog is None:
@@ -438,6 +455,17 @@ class _Run:
             m = item.get_closest_marker("clause")
             if m is not None:
                 self.expected[m.args[0]] = self.expected.get(m.args[0], 0) + 1
+        if self.duration is not None:
+            self._plan_campaign(config, len(keep))
+
+    def _plan_campaign(self, config: pytest.Config, checks: int) -> None:
+        """Each fuzz check's share of the campaign: the checks run `workers` at a
+        time, so each may fuzz duration * workers / checks seconds."""
+        from conformance.checks import campaign
+        workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+        assert self.duration is not None
+        campaign.PLAN.seconds = self.duration * min(workers, max(checks, 1)) / max(checks, 1)
+        campaign.PLAN.log = Path(config.getoption("sockconf_artifacts")) / CAMPAIGN_LOG
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -470,6 +498,10 @@ class _Run:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.duration is not None:
+            from conformance.checks import campaign
+            m = item.get_closest_marker("clause")
+            campaign.PLAN.check = f"{m.args[0] if m else '?'} {item.name}"
         m = item.get_closest_marker("sockconf_not_applicable")
         if m is not None:
             raise Inconclusive(m.args[0], NOT_APPLICABLE)
@@ -641,7 +673,7 @@ class _Run:
             return self.results
         clauses = catalogue.select(self.config.getoption("sockconf_clause"),
                                    catalogue.applicable(self.target.profile))
-        if self.config.getoption("sockconf_test"):
+        if self.config.getoption("sockconf_test") or self.duration is not None:
             # Only some checks were asked for: judge their clauses, not the rest as gaps.
             ran = {r.clause for r in self.records.values()}
             clauses = [c for c in clauses if c.id in ran]
@@ -782,8 +814,13 @@ def _reproduce(config: pytest.Config, clause_id: str, fuzz: str | None = None) -
         # The same profile and seed generate the same examples, so this line
         # replays the finding (and shrinks it again to the same minimal example).
         choice = config.stash[RUN_KEY].hypothesis
+        # A campaign's finding is in its example database: the line names it,
+        # and the replay starts from it.
+        # (The seed replays a finding only when no database is in use: hypothesis
+        # forces no seed then.)
         for flag, v in (("--hypothesis-profile", choice.profile),
-                        ("--hypothesis-seed", choice.seed)):
+                        ("--hypothesis-seed", None if choice.database else choice.seed),
+                        ("--hypothesis-db", choice.database)):
             if v and flag not in base.split():
                 line += f" {flag} {shlex.quote(str(v))}"
     return line

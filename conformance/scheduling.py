@@ -31,9 +31,22 @@ LONG_CHECKS = (
 )
 
 
+# The fuzz checks (hypothesis against the target): what a campaign runs.
+FUZZ_CHECKS = ("test_*_fuzz", "test_random_splits", "test_model_store",
+               "test_malformed_mixed_with_valid")
+
+
+def _name(item: Any) -> str:
+    return str(getattr(item, "originalname", None) or item.name.split("[")[0])
+
+
+def is_fuzz_check(item: Any) -> bool:
+    return any(fnmatch.fnmatchcase(_name(item), p) for p in FUZZ_CHECKS)
+
+
 def run_order(item: Any) -> int:
     """Sort key of a collected check: its rank in LONG_CHECKS, the rest after."""
-    name = getattr(item, "originalname", None) or item.name.split("[")[0]
+    name = _name(item)
     for rank, pattern in enumerate(LONG_CHECKS):
         if fnmatch.fnmatchcase(name, pattern):
             return rank

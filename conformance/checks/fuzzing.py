@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import NoReturn
 
+from conformance.checks import campaign
 from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.harness.testbed import Server, Testbed
 
@@ -75,7 +76,8 @@ class Fuzz:
         saved = engine.MAX_SHRINKING_SECONDS
         engine.MAX_SHRINKING_SECONDS = shrink_seconds()
         try:
-            test()
+            # Once, or in rounds for a campaign's time (checks/campaign.py).
+            campaign.run(test, lambda: self.count, self.what)
         except FlakyFailure as e:
             seen = next((x for x in e.exceptions if isinstance(x, Violation)), None)
             if seen is None:
