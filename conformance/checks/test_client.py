@@ -8,8 +8,7 @@ import pytest
 
 from conformance.checks import support
 from conformance.clauses import clause, client_side
-from conformance.harness import peers
-from conformance.harness import trace as tracing
+from conformance.harness import peers, syscalls
 from conformance.harness.testbed import Testbed, Violation
 
 SEGMENT_GAP_S = 0.1   # CLI-2: far apart enough that each byte is its own segment and read
@@ -100,7 +99,7 @@ def test_no_explicit_bind(bed: Testbed) -> None:
     with _peer(bed, transport, peers.greet()) as peer:
         run = bed.run(bed.client_argv(transport, peer.port), trace=True, timeout=5.0)
     assert run.trace_log is not None
-    for c in tracing.calls_named(tracing.parse(run.trace_log), "bind"):
+    for c in syscalls.calls_named(syscalls.parse(run.trace_log), "bind"):
         m = BIND_PORT.search(c.args)
         if c.sock and m and int(m.group(1)) != 0:
             raise Violation(f"binds an explicit local port: line {c.line}: bind({c.args[:100]})")

@@ -9,8 +9,10 @@ failure (target stdout/stderr, strace logs, the pcap) before that.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -18,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conformance.evidence import Violation
-from conformance.harness import trace as tracing
+from conformance.evidence import Inconclusive, Violation
+from conformance.harness import strace as tracing
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
@@ -42,10 +45,32 @@ class Server:
     listener: Listener | None = None
     data: str | None = None   # the jsondoc store path it was given ({data})
     tracer: Proc | None = None  # strace attached to it (attach_trace)
+    traced: bool = False        # started under strace: `proc` is strace, the target its child
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the server's process group: the target itself even when
+        `proc` is strace (which blocks the signal and waits for its tracee) or a
+        wrapper that does not exec, as a service manager does."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        """The target's exit status (under strace: strace ends with its last tracee
+        and takes on the target's status or death), or None if still running."""
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the server; a traced one target first, so that strace writes the
+        end of its log (a SIGKILL to strace itself may lose it)."""
+        if self.traced:
+            kill_tracees(self.proc)
+        self.proc.kill()
 
 
 @dataclass
@@ -145,7 +170,14 @@ class Testbed:
 
     def need_strace(self) -> None:
         if tracing.strace_path() is None:
-            pytest.skip(tracing.STRACE_HINT)
+            raise Inconclusive(tracing.STRACE_HINT)
+
+    def scaled(self, program: Program, seconds: float, *, traced: bool = False) -> float:
+        """A wait on `program` (a hang guard, never a judged bound): times the
+        target's `timeout_scale`, and under strace times strace's measured
+        slowdown here (`strace.slowdown`)."""
+        factor = float(getattr(program, "timeout_scale", 1.0))
+        return seconds * factor * (tracing.slowdown() if traced else 1.0)
 
     def _trace_log(self, role: str) -> Path:
         self._traces += 1
@@ -182,7 +214,7 @@ class Testbed:
             log = self._trace_log(name)
             cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir)
-        return Server(proc, transport, port, path, log)
+        return Server(proc, transport, port, path, log, traced=log is not None)
 
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
@@ -216,11 +248,11 @@ class Testbed:
         deadline = time.monotonic() + 5.0
         while tracing.traced_by(srv.pid) != {tracer.pid}:
             if tracer.poll() is not None or srv.proc.poll() is not None:
-                pytest.skip(f"could not trace the running server: strace {tracer.status()}, "
-                            f"{tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
+                raise Inconclusive(f"could not trace the running server: strace {tracer.status()},"
+                                   f" {tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
             if time.monotonic() >= deadline:
-                pytest.skip("strace could not attach to the running server within 5 s "
-                            "(ptrace not permitted here?)")
+                raise Inconclusive("strace could not attach to the running server within 5 s "
+                                   "(ptrace not permitted here?)")
             time.sleep(0.005)
         srv.trace_log = log
         srv.tracer = tracer
@@ -236,7 +268,9 @@ class Testbed:
         try:
             srv.listener = wait_listening(
                 srv.pid, transport=srv.transport, port=srv.port, path=srv.path,
-                timeout=self.server_program.startup_timeout, exited=srv.proc.poll,
+                timeout=self.scaled(self.server_program, self.server_program.startup_timeout,
+                                    traced=srv.traced),
+                exited=srv.proc.poll,
                 stderr_tail=srv.proc.stderr_tail)
         except NotReady as e:
             raise Violation(f"server not ready: {e.reason}"
@@ -263,10 +297,9 @@ class Testbed:
 
     def stop(self, srv: Server | Proc, timeout: float = 3.0) -> int | None:
         """Wait for a process to end by itself (up to `timeout`), else kill it."""
-        proc = srv.proc if isinstance(srv, Server) else srv
-        rc = proc.wait(timeout)
+        rc = srv.wait(timeout)
         if rc is None:
-            proc.kill()
+            srv.kill()
         return rc
 
     # -- clients --------------------------------------------------------------------------
@@ -297,6 +330,8 @@ class Testbed:
         rc = proc.wait(timeout)
         timed_out = rc is None
         if timed_out:
+            if log is not None:
+                kill_tracees(proc)
             proc.kill()
         return ClientRun(proc, rc, timed_out, log, time.monotonic() - t0)
 
@@ -342,6 +377,21 @@ class Testbed:
                 self.capture.stop()
             if self._sockdir is not None:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+def kill_tracees(strace: Proc, timeout: float = 5.0) -> None:
+    """SIGKILL every process strace traces (its descendants), then wait up to
+    `timeout` for strace to log their deaths and end by itself."""
+    try:
+        tracees = psutil.Process(strace.pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for p in tracees:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    strace.wait(timeout)
 
 
 _SCRATCH: dict[str, Path] = {}
