@@ -263,7 +263,7 @@ class Fault:
     def __str__(self) -> str:
         if self.hit is None:
             return str(self.injection)
-        return f"{self.step}() failing with {self.injection.error} (log line {self.hit.line})"
+        return f"{self.hit.name}() failing with {self.injection.error} (log line {self.hit.line})"
 
     @classmethod
     def observe(cls, injection: Injection, step: str, trace: Trace, at: Endpoint,

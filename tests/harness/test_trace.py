@@ -19,9 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from conformance import evidence
+from conformance.checks import faults, support
 from conformance.checks.faults import point_of
 from conformance.harness import lifecycle, strace, syscalls
+from conformance.harness.netns import Isolation
 from conformance.harness.strace import Injection
+from conformance.harness.testbed import Testbed
+from conformance.target import builtin
 
 DATA = Path(__file__).parent / "data"
 GREETING = b"Hello World!\0"
@@ -855,3 +860,132 @@ def test_hello_fixtures(tmp_path: Path, name: str) -> None:
     found = violations(t, role, complete=True)  # type: ignore[arg-type]
     expected = LIFE0_FIXTURES[name]
     assert [v.split(": ", 1)[1] for v in found] == ([expected] if expected else []), found
+
+
+# -- observations: what a pass may be built from -----------------------------------------------
+
+ANCHORED = _lines(
+    "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, [5<socket:[50]>, 6<socket:[51]>]) = 0",
+    "socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC|SOCK_NONBLOCK, 0) = 7<socket:[70]>",
+    'connect(7<socket:[70]>, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = 0',
+    'sendto(7<socket:[70]>, "\\2\\0\\0\\0", 4, MSG_NOSIGNAL, NULL, 0) = 4',
+    "socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE) = 8<socket:[80]>",
+    *SRV,
+    'write(4<socket:[2]>, "Hello World!\\0", 13) = 13',
+    "close(4<socket:[2]>) = 0", "close(3<socket:[1]>) = 0", "exit_group(0) = ?")
+
+
+def test_runtime_sockets_are_not_lifecycle_sockets() -> None:
+    """A JVM-like run: an internal socketpair, nscd over AF_UNIX and netlink stay
+    open at exit; only the anchored listener and its connection must be closed."""
+    t = syscalls.parse_text(ANCHORED).anchored(syscalls.Anchor.listener(1, "0.0.0.0:5000"))
+    life = lifecycle.follow(t, "server", complete=True)
+    assert life.violations == [] and life.doubt() is None
+    assert life.summary() == "socket → bind → listen → accept → write → close×2"
+    assert evidence.Pass("ok", life).observations == (life,)
+    # without -y's inodes nothing can be anchored, and the same rules judge by family
+    plain = syscalls.parse_text(ANCHORED)
+    assert lifecycle.follow(plain, "server", complete=True).violations == []
+    unclosed = syscalls.parse_text(ANCHORED.replace("9 close(4<socket:[2]>) = 0\n", "")
+                                   ).anchored(syscalls.Anchor.listener(1, "0.0.0.0:5000"))
+    assert [v.split(": ", 1)[1] for v in lifecycle.follow(unclosed, "server",
+                                                          complete=True).violations] == [
+        "close(3) of the listener before the accepted connection 4 was closed",
+        "exit with the accepted connection 4 never closed (no close() before exit)"]
+
+
+def test_unparsed_line_or_lost_socket_is_inconclusive() -> None:
+    garbled = syscalls.parse_text(ANCHORED + "9 ??? strace lost its mind\n")
+    garbled.anchored(syscalls.Anchor.listener(1, "0.0.0.0:5000"))
+    life = lifecycle.follow(garbled, "server", complete=True)
+    assert life.violations == [] and garbled.unparsed and garbled.unparsed[0][0] == 14
+    with pytest.raises(evidence.Inconclusive, match="does not understand: line 14"):
+        evidence.Pass("in order", life)
+    # readiness saw another listener (inode 99) than the one the log follows
+    elsewhere = syscalls.parse_text(ANCHORED).anchored(syscalls.Anchor.listener(99, "[::]:5000"))
+    with pytest.raises(evidence.Inconclusive, match="does not follow the listening socket"):
+        evidence.Pass("in order", lifecycle.follow(elsewhere, "server", complete=True))
+    # a client log whose connect() is not to the suite's peer
+    client = syscalls.parse_text(_lines(
+        "socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+        'connect(3<socket:[1]>, {sa_family=AF_INET, sin_port=htons(4000), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+        "close(3<socket:[1]>) = 0", "exit_group(0) = ?"))
+    assert client.anchored(syscalls.Anchor.connection(port=4000)).doubt() is None
+    assert client.anchored(syscalls.Anchor.connection(port=4001)).doubt() is not None
+
+
+def test_args_queries_ignore_runtime_sockets() -> None:
+    t = syscalls.parse_text(_lines(
+        "socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC|SOCK_NONBLOCK, 0) = 3<socket:[30]>",
+        'connect(3<socket:[30]>, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = 0',
+        'sendto(3<socket:[30]>, "x", 1, MSG_NOSIGNAL, NULL, 0) = 1',
+        "socketpair(AF_UNIX, SOCK_STREAM, 0, [4<socket:[40]>, 5<socket:[41]>]) = 0",
+        "socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE) = 6<socket:[60]>",
+        'sendto(6<socket:[60]>, "x", 1, 0, {sa_family=AF_NETLINK}, 12) = 1',
+        "exit_group(1) = ?"))
+    assert syscalls.opened_sockets(t, "/tmp/s.sock") == [] and syscalls.network_sends(t) == []
+    t = syscalls.parse_text(_lines(
+        "socket(AF_INET6, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+        'sendto(3<socket:[1]>, "x", 1, 0, NULL, 0) = -1 ENOTCONN (Transport endpoint is not connected)',
+        "socket(AF_UNIX, SOCK_DGRAM, 0) = 4<socket:[2]>",
+        'sendto(4<socket:[2]>, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(53)}, 16) = -1 EAFNOSUPPORT (x)',
+        'connect(4<socket:[2]>, {sa_family=AF_UNIX, sun_path="/tmp/s.sock"}, 110) = 0'))
+    assert [c.line for c in syscalls.opened_sockets(t, "/tmp/s.sock")] == [1, 5]
+    assert [c.line for c in syscalls.network_sends(t)] == [2, 4]
+
+
+def _fault(log: str, step: str, at: faults.Endpoint, point: faults.Point | None = None
+           ) -> faults.Fault:
+    return faults.Fault.observe(Injection((step,), "EIO"), step, syscalls.parse_text(log), at,
+                                point)
+
+
+def test_a_fault_lands_only_on_the_lifecycle_socket() -> None:
+    bound = ('bind(3<socket:[1]>, {sa_family=AF_INET, sin_port=htons(5000), '
+             'sin_addr=inet_addr("0.0.0.0")}, 16) = 0')
+    srv = _lines("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>", bound,
+                 "listen(3<socket:[1]>, 5) = 0", "accept(3<socket:[1]>, NULL, NULL) = 4<socket:[2]>",
+                 "read(5</proc/1/stat>, 0x1, 9) = -1 EIO (Input/output error) (INJECTED)",
+                 "read(4<socket:[2]>, 0x1, 9) = -1 EIO (Input/output error) (INJECTED)")
+    at = faults.Endpoint(port=5000)
+    landed = _fault(srv, "read", at)
+    assert landed.landed and landed.hit is not None and landed.hit.line == 6
+    assert evidence.Pass("reported", landed).observations == (landed,)
+    missed = _fault(srv.replace("read(4<socket:[2]>, 0x1, 9) = -1 EIO (Input/output error) "
+                                "(INJECTED)", "read(4<socket:[2]>, \"x\", 9) = 1"), "read", at)
+    assert not missed.landed
+    with pytest.raises(evidence.Inconclusive, match="fault did not land.*line 5: read"):
+        evidence.require(missed)
+    assert not _fault(srv, "read", faults.Endpoint(port=5001)).landed  # another server's
+    # socket(): the injected call must be the lifecycle one's (same arguments)
+    sock = _lines("socket(AF_UNIX, SOCK_DGRAM, 0) = -1 EIO (Input/output error) (INJECTED)")
+    p = faults.Point("socket", 1, "AF_INET, SOCK_STREAM, IPPROTO_IP")
+    assert not _fault(sock, "socket", at, p).landed
+    assert _fault(sock.replace("AF_UNIX, SOCK_DGRAM, 0", p.args), "socket", at, p).landed
+    # a client: the connect to the peer, a read on that connection
+    cli = _lines("socket(AF_INET, SOCK_STREAM, IPPROTO_IP) = 3<socket:[1]>",
+                 'connect(3<socket:[1]>, {sa_family=AF_INET, sin_port=htons(7000)}, 16) = 0',
+                 "read(3<socket:[1]>, 0x1, 13) = -1 EIO (Input/output error) (INJECTED)")
+    assert _fault(cli, "read", faults.Endpoint(port=7000, peer=True)).landed
+    assert not _fault(cli, "read", faults.Endpoint(port=7001, peer=True)).landed
+
+
+@needs_strace
+def test_traced_server_ends_on_sigterm_through_its_handler(tmp_path: Path) -> None:
+    """support.finish() signals the server's process group: under strace the
+    SIGTERM reaches the program (not strace, which blocks it), whose handler
+    closes the listener and exits 0 — and the trace shows that shutdown path."""
+    bed = Testbed(builtin("reference-echo"), Isolation("host", False, "unit test"), tmp_path)
+    try:
+        srv = bed.start_server("tcp4", trace=True)
+        assert support.exchange(bed, srv).data == support.ECHO_PROBE
+        rc = support.finish(bed, srv)
+    finally:
+        bed.close()
+    assert rc == 0 and srv.trace_log is not None and srv.listener is not None
+    t = syscalls.parse(srv.trace_log)
+    term = [s for s in t.signals if s.name == "SIGTERM"]
+    assert term and t.tgid(term[0].pid) == t.root_pid
+    closes = [c for c in t.calls if c.name == "close" and c.inode == srv.listener.entry.inode]
+    assert closes and closes[-1].line > term[0].line
+    assert t.exits[t.root_pid] == 0 and not t.killed
