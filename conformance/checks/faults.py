@@ -134,10 +134,11 @@ def _client_points(trace: Trace, port: int | None) -> dict[str, Point]:
                None)
     if con is None or con.inode is None:
         return {}
+    after = calls[calls.index(con) + 1:]  # a read before connect() is no lifecycle read
     return _points(calls, {
         "socket": next((c for c in calls if c.name == "socket" and c.ret_inode == con.inode),
                        None),
-        "connect": con, "read": _first(calls, READ_CALLS, {con.inode})})
+        "connect": con, "read": _first(after, READ_CALLS, {con.inode})})
 
 
 def _points(calls: list[Call], found: dict[str, Call | None]) -> dict[str, Point]:
@@ -169,7 +170,7 @@ def server_baseline(bed: Testbed) -> Baseline:
     key = ("server", repr(bed.target), transport)
     if key not in _baselines:
         srv = bed.start_server(transport, trace=True, name="trace-server")
-        got = support.exchange(bed, srv)
+        got = support.exchange(bed, srv, timeout=bed.scaled(bed.server_program, 5.0, traced=True))
         rc = support.finish(bed, srv)
         if srv.trace_log is None:
             raise RuntimeError("a traced server without its log")
@@ -188,7 +189,7 @@ def attached_baseline(bed: Testbed) -> Baseline:
     if key not in _baselines:
         srv = bed.start_server(transport, name="attached-server")
         log = bed.attach_trace(srv, name="attached-trace")
-        got = support.exchange(bed, srv)
+        got = support.exchange(bed, srv, timeout=bed.scaled(bed.server_program, 5.0, traced=True))
         rc = support.finish(bed, srv)
         bed.trace_done(srv)
         points = _connection_points(parse(log), _listener_inode(srv))
@@ -280,9 +281,9 @@ def _lands(c: Call, step: str, trace: Trace, at: Endpoint, point: Point | None) 
         return point is not None and c.args == point.args
     if step in ("bind", "connect"):
         return names_address(c.args, port=at.port, path=at.path)
-    if at.peer:  # a client: reads on its connection to the peer
-        return c.inode in {k.inode for k in trace.calls if k.name == "connect"
-                           and names_address(k.args, port=at.port, path=at.path)}
+    if at.peer:  # a client: reads on its connection to the peer, once connect() was made
+        return any(k.name == "connect" and k.inode == c.inode and k.end_line < c.line
+                   and names_address(k.args, port=at.port, path=at.path) for k in trace.calls)
     listeners = {b.inode for b in trace.calls if b.name == "bind" and b.inode is not None
                  and b.errno is None and names_address(b.args, port=at.port, path=at.path)}
     if at.listener is not None:

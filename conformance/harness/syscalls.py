@@ -55,7 +55,6 @@ WRITE_CALLS = ("write", "writev", "pwrite64", "pwritev", "pwritev2", "send", "se
 IO_CALLS = (*READ_CALLS, *WRITE_CALLS, "splice")
 ACCEPT_CALLS = ("accept", "accept4")
 DUP_CALLS = ("dup", "dup2", "dup3")
-SOCKET_CREATE_CALLS = ("socket", "socketpair")
 
 # Calls whose first argument is a descriptor.
 FD_FIRST = frozenset({
@@ -499,7 +498,3 @@ def injected_calls(trace: Trace) -> list[Call]:
     """The calls strace made fail."""
     return [c for c in trace.calls if c.injected]
 
-
-def describe(calls: list[Call]) -> str:
-    """Evidence text: the calls with their log line numbers."""
-    return "\n".join(f"line {c.line}: {c}" for c in calls)
