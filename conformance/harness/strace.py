@@ -202,40 +202,60 @@ def _children_by_stat(ppid: int) -> list[str]:
 
 # -- how much slower a traced program runs --------------------------------------------
 
-# A start-up of the Python interpreter: a few hundred system calls (mostly files),
-# as a runtime's start-up is; strace stops the program at each of them.
-_PROBE = [sys.executable, "-S", "-c", "pass"]
-SLOWDOWN_RANGE = (1.0, 20.0)
+# A runtime's start-up in miniature: the Python interpreter importing asyncio,
+# json and socket makes about ten thousand system calls (files, mmap, futex), and
+# strace stops the program at each of them.
+_PROBE = [sys.executable, "-c", "import asyncio, json, socket"]
+# CPU time is what can be measured steadily on a loaded machine; each stop also
+# waits for strace to be scheduled, which CPU time does not show: hence a margin.
+SCHEDULING_MARGIN = 2.0
+SLOWDOWN_RANGE = (2.0, 20.0)
 
 
 @functools.cache
 def slowdown() -> float:
-    """How many times longer a program takes under our strace command than
-    without, measured once per process here (best of 3 Python start-ups each
-    way; 1.0 when strace is missing).  Waits on a traced target are scaled by it:
-    strace stops the program at every system call, which on a loaded machine or
-    for a JVM's thousands of start-up calls makes a plain timeout a false alarm."""
+    """How many times longer a program may take under our strace command than
+    without: the CPU time of the probe traced / untraced (best of 3 each way,
+    measured once per process; CPU time, not wall time, because the machine's
+    load makes wall times of one run meaningless), times SCHEDULING_MARGIN,
+    within SLOWDOWN_RANGE.  1.0 when strace is missing.  Waits on a traced target
+    (all of them hang guards) are scaled by it: a JVM's start-up under strace on
+    a loaded machine would otherwise fail a plain timeout."""
     strace = strace_path()
     if strace is None:
         return 1.0
-    with tempfile.TemporaryDirectory(prefix="sockconf-slowdown-") as d:
-        plain = _best_of(3, _PROBE)
-        traced = _best_of(3, strace_argv(_PROBE, Path(d) / "probe.log", strace=strace))
-    if plain is None or traced is None or plain <= 0:
-        return SLOWDOWN_RANGE[0]
     lo, hi = SLOWDOWN_RANGE
-    return min(hi, max(lo, traced / plain))
+    with tempfile.TemporaryDirectory(prefix="sockconf-slowdown-") as d:
+        plain = _least_cpu(2, _PROBE)
+        traced = _least_cpu(2, strace_argv(_PROBE, Path(d) / "probe.log", strace=strace))
+    if plain is None or traced is None or plain <= 0:
+        return hi
+    return min(hi, max(lo, SCHEDULING_MARGIN * traced / plain))
 
 
-def _best_of(n: int, argv: Sequence[str]) -> float | None:
+def _least_cpu(n: int, argv: Sequence[str], timeout: float = 30.0) -> float | None:
+    """The least CPU time (user + system, the process and what it waited for) of
+    `n` runs of `argv`; None if one fails or takes longer than `timeout`."""
     best: float | None = None
     for _ in range(n):
-        t0 = time.monotonic()
         try:
-            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=30, check=True)
-        except (OSError, subprocess.SubprocessError):
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        except OSError:
             return None
-        took = time.monotonic() - t0
-        best = took if best is None else min(best, took)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() >= deadline:
+                proc.kill()
+                proc.wait()
+                return None
+            time.sleep(0.005)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            return None
+        cpu = usage.ru_utime + usage.ru_stime
+        best = cpu if best is None else min(best, cpu)
     return best
