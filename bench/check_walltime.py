@@ -98,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(out: str) -> str:
-    """'CONFORMANT: 27 pass, ...; 82 passed' from the output of sockconf check."""
-    verdict = re.search(r"^\s*((?:NOT )?CONFORMANT: [^\n]*)$", out, re.M)
+    """'CONFORMANT: 27 pass, ...; 82 passed' from the output of sockconf check
+    (its verdict line, then its line of clause counts)."""
+    verdict = re.search(r"^\s*((?:NOT )?CONFORMANT\b[^\n]*|NO VERDICT\b[^\n]*)$", out, re.M)
+    counts = re.search(r"^\s*(\d+ pass, [^\n]*)$", out, re.M)
     tests = re.findall(r"^=*\s*(\d+ passed[^\n]*?) in [\d.]+s", out, re.M)
     parts = []
     if verdict:
-        parts.append(verdict.group(1).strip())
+        parts.append(verdict.group(1).strip() + (f": {counts.group(1)}" if counts else ""))
     if tests:
         parts.append(f"pytest: {tests[-1].strip()}")
     return "; ".join(parts) or "(no summary line)"

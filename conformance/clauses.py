@@ -103,7 +103,7 @@ CATALOGUE: tuple[Clause, ...] = (
 BY_ID: dict[str, Clause] = {c.id: c for c in CATALOGUE}
 
 
-def applicable(profile: str, options: dict[str, list[str]] | None = None) -> list[Clause]:
+def applicable(profile: str) -> list[Clause]:
     """The clauses that apply to a target of `profile` (every one appears in its report).
 
     OPT clauses apply to every profile: an undeclared option is reported as `skip`

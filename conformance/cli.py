@@ -17,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 from conformance import __version__
-from conformance.target import TargetFileError, builtin, builtin_names, resolve
+from conformance.target import (
+    TargetFileError,
+    builtin,
+    builtin_names,
+    check_timeout_scale,
+    resolve,
+)
 
 EXIT_OK, EXIT_NONCONFORMANT, EXIT_USAGE, EXIT_SUITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PKG = Path(__file__).parent
@@ -40,15 +46,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="only the checks with this name (exact, or a glob), e.g. "
                         "'test_echo_fuzz[tcp4]'; a fuzz finding's reproduce line uses it")
     c.add_argument("--strict", action="store_true", help="a SHOULD failure is non-conformant too")
+    c.add_argument("--require-complete", action="store_true",
+                   help="exit 1 when a MUST clause that applies was not judged (skip, "
+                        "not-testable)")
+    c.add_argument("--timeout-scale", metavar="F", type=float,
+                   help="multiply every wait on the target by F (>= 1), on top of the "
+                        "target file's timeout_scale: for slow runtimes or loaded machines")
     c.add_argument("--report-json", metavar="FILE")
+    c.add_argument("--junit-xml", metavar="FILE",
+                   help="JUnit XML: a testcase per check with clause, level, verdict properties")
+    c.add_argument("--html", metavar="FILE", help="the report as one self-contained HTML page")
     c.add_argument("--artifacts", metavar="DIR", help="keep pcap, stdout/stderr, traces of failures")
-    c.add_argument("-n", dest="workers", default="0", metavar="N|auto",
-                   help="parallel workers (pytest-xdist); default 0: one process")
+    c.add_argument("-n", dest="workers", default="auto", metavar="N|auto",
+                   help="parallel workers (pytest-xdist); default auto: one per core; "
+                        "0: all in this process")
     c.add_argument("--hypothesis-profile", choices=["ci", "dev", "nightly"])
     c.add_argument("--hypothesis-seed", metavar="S")
     c.add_argument("--isolation", choices=["auto", "none"], default="auto",
                    help="auto: private network namespace per worker; none: host loopback")
-    c.add_argument("-v", "--verbose", action="store_true", help="show each check and tracebacks")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="pytest's own detail: each check, tracebacks, warnings")
     c.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for pytest (repeatable)")
 
@@ -76,9 +93,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pytest_args(a: argparse.Namespace) -> list[str]:
     args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
-            "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess", "-n", str(a.workers),
-            "--sockconf-isolation", a.isolation]
-    args += ["-v", "--tb=short"] if a.verbose else ["-q", "--tb=no", "--no-header"]
+            "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess",
+            "-n", str(a.workers), "--sockconf-isolation", a.isolation]
+    if a.verbose:
+        args += ["-v", "--tb=short"]
+    else:
+        # A line per clause as its verdict becomes known (the plugin's progress)
+        # instead of pytest's dots, percentages and warnings summary.
+        args += ["-qq", "--tb=no", "--no-header", "--disable-warnings", "-o",
+                 "console_output_style=classic", "--sockconf-progress"]
     repro = ["sockconf", "check"]
     if a.target:
         tgt = a.target if not os.path.exists(a.target) else str(Path(a.target).resolve())
@@ -94,10 +117,15 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
         args += ["--sockconf-test", name]
     if a.strict:
         args.append("--sockconf-strict")
-    if a.report_json:
-        args += ["--sockconf-report-json", a.report_json]
-    if a.artifacts:
-        args += ["--sockconf-artifacts", a.artifacts]
+    if a.require_complete:
+        args.append("--sockconf-require-complete")
+    if a.timeout_scale is not None:
+        args += ["--sockconf-timeout-scale", str(a.timeout_scale)]
+        repro += ["--timeout-scale", str(a.timeout_scale)]
+    for flag, val in (("report-json", a.report_json), ("junit-xml", a.junit_xml),
+                      ("html", a.html), ("artifacts", a.artifacts)):
+        if val:
+            args += [f"--sockconf-{flag}", val]
     if a.hypothesis_profile:
         args += ["--hypothesis-profile", a.hypothesis_profile]
         repro += ["--hypothesis-profile", a.hypothesis_profile]
@@ -109,6 +137,12 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
 
 
 def check(a: argparse.Namespace) -> int:
+    if a.timeout_scale is not None:
+        try:
+            check_timeout_scale(a.timeout_scale, "--timeout-scale")
+        except TargetFileError as e:
+            print(f"sockconf: {e}", file=sys.stderr)
+            return EXIT_USAGE
     if not (a.target or a.server or a.client or a.profile):
         if a.test:
             # A check's name belongs to one profile's run: say which.
@@ -152,6 +186,11 @@ def check_all_references(a: argparse.Namespace) -> int:
     if unknown:
         print(f"sockconf: --clause {unknown[0]} matches no clause of any profile", file=sys.stderr)
         return EXIT_USAGE
+    if not a.hypothesis_seed:
+        # One seed for every profile's run: the combined report (and its
+        # reproduce line) names the seed that replays all of them.
+        import random
+        a.hypothesis_seed = str(random.SystemRandom().randrange(1, 2**32))
     docs: dict[str, dict[str, object]] = {}
     worst = EXIT_OK
     with tempfile.TemporaryDirectory(prefix="sockconf-all-") as tmp:
@@ -169,10 +208,22 @@ def check_all_references(a: argparse.Namespace) -> int:
             worst = max(worst, rc)
             if out.exists():
                 docs[profile] = json.loads(out.read_text())
-    if a.report_json and docs:
-        rep.write_json(a.report_json, rep.combine(docs, strict=a.strict))
-    print(f"== all profiles: {'conformant' if worst == EXIT_OK else 'NOT conformant'} "
-          f"({', '.join(docs)})")
+    if not docs:
+        return worst
+    from conformance import render
+    doc = rep.combine(docs, strict=a.strict)
+    doc["reproduce"] = shlex.join(["sockconf", "check", *_passthrough(a, a.clause)])
+    try:
+        if a.report_json:
+            rep.write_json(a.report_json, doc)
+        if a.junit_xml:
+            render.write_junit(a.junit_xml, doc)
+        if a.html:
+            render.write_html(a.html, doc)
+    except OSError as e:
+        print(f"sockconf: could not write the report: {e}", file=sys.stderr)
+        return EXIT_SUITE
+    print(f"== all profiles ({', '.join(docs)}): {rep.headline_of(doc)}")
     return worst
 
 
@@ -181,11 +232,13 @@ def _passthrough(a: argparse.Namespace, patterns: list[str]) -> list[str]:
     out = ["-n", str(a.workers), "--isolation", a.isolation]
     if patterns:
         out += ["--clause", *patterns]
-    for flag, on in (("--strict", a.strict), ("--verbose", a.verbose)):
+    for flag, on in (("--strict", a.strict), ("--verbose", a.verbose),
+                     ("--require-complete", a.require_complete)):
         if on:
             out.append(flag)
+    scale = None if a.timeout_scale is None else str(a.timeout_scale)
     for flag, val in (("--artifacts", a.artifacts), ("--hypothesis-profile", a.hypothesis_profile),
-                      ("--hypothesis-seed", a.hypothesis_seed)):
+                      ("--hypothesis-seed", a.hypothesis_seed), ("--timeout-scale", scale)):
         if val:
             out += [flag, val]
     for extra in a.pytest_arg:
@@ -244,7 +297,7 @@ def matrix(a: argparse.Namespace) -> int:
         head = "".join(f"<th>{html.escape(n)}</th>" for n, _ in columns)
         Path(a.html).write_text(
             "<!doctype html><meta charset=utf-8><title>sockconf matrix</title><style>"
-            "td.pass{background:#cfc}td.fail{background:#fcc}td.warn{background:#ffc}"
+            "td.pass{background:#cfc}td.fail,td.error{background:#fcc}td.warn{background:#ffc}"
             "td.skip,td.not-testable{background:#eee}</style>"
             f"<table><tr><th></th>{head}</tr>{rows}</table>\n")
     return worst

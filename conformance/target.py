@@ -14,7 +14,7 @@ import string
 import sys
 import sysconfig
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ class Program:
     # Our extension: a different command line for some transports, e.g.
     # [server.transport_argv] unix = ["./srv", "--unix", "{path}"]; default: argv.
     transport_argv: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Added to the program's environment (INTERFACE.md `env`).
+    env: dict[str, str] = field(default_factory=dict)
+    # A factor (>= 1) for every wait on this program: slow runtimes (a JVM) raise
+    # it in the target file; `--timeout-scale` multiplies it.
+    timeout_scale: float = 1.0
 
     def supports(self, option: str) -> bool:
         return option in self.options
@@ -106,6 +111,16 @@ class Target:
             argv += [fill(a, {k: str(v) for k, v in params.items()}) for a in program.options[opt]]
         return argv
 
+    def scaled(self, factor: float) -> Target:
+        """This target with every program's timeout_scale multiplied by `factor`
+        (`--timeout-scale F`)."""
+        check_timeout_scale(factor, "--timeout-scale")
+
+        def scale(p: Program | None) -> Program | None:
+            return None if p is None else replace(p, timeout_scale=p.timeout_scale * factor)
+
+        return replace(self, server=scale(self.server), client=scale(self.client))
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "profile": self.profile,
                 "file": str(self.file) if self.file else None}
@@ -125,6 +140,30 @@ def _placeholders(template: str) -> set[str]:
         raise TargetFileError(f"bad template {template!r}: {e}") from None
 
 
+MAX_TIMEOUT_SCALE = 100.0
+
+
+def check_timeout_scale(value: Any, where: str) -> float:
+    """A timeout scale: a number in [1, 100] (waits never shrink below the
+    suite's own; beyond 100 every hang guard would be minutes long)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not 1.0 <= value <= MAX_TIMEOUT_SCALE):
+        raise TargetFileError(f"{where} must be a number from 1 to {MAX_TIMEOUT_SCALE:g}, "
+                              f"got {value!r}")
+    return float(value)
+
+
+def _env(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TargetFileError(f"[{where}] must be a table of strings")
+    for k, v in value.items():
+        if not k or "=" in k or "\0" in k:
+            raise TargetFileError(f"{where}: {k!r} is not an environment variable name")
+        if not isinstance(v, str) or "\0" in v:
+            raise TargetFileError(f"{where}.{k} must be a string")
+    return dict(value)
+
+
 def _str_list(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TargetFileError(f"{where} must be a list of strings")
@@ -134,7 +173,8 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
 def _program(table: Any, where: str, profile: str, side: str) -> Program:
     if not isinstance(table, dict):
         raise TargetFileError(f"[{where}] must be a table")
-    unknown = set(table) - {"argv", "transports", "startup_timeout", "options", "transport_argv"}
+    unknown = set(table) - {"argv", "transports", "startup_timeout", "options", "transport_argv",
+                            "env", "timeout_scale"}
     if unknown:
         raise TargetFileError(f"[{where}] unknown key(s): {', '.join(sorted(unknown))}")
     if "argv" not in table:
@@ -176,7 +216,9 @@ def _program(table: Any, where: str, profile: str, side: str) -> Program:
     for t in transport_argv:
         if t not in transports:
             raise TargetFileError(f"{where}.transport_argv.{t}: {t!r} is not in {where}.transports")
-    return Program(argv, transports, float(timeout), options, transport_argv)
+    env = _env(table.get("env", {}), f"{where}.env")
+    scale = check_timeout_scale(table.get("timeout_scale", 1.0), f"{where}.timeout_scale")
+    return Program(argv, transports, float(timeout), options, transport_argv, env, scale)
 
 
 def _argv(value: Any, where: str) -> tuple[str, ...]:

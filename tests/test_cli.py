@@ -69,9 +69,11 @@ def test_clause_matching_nothing_is_exit_2(tmp_path: Path) -> None:
     assert "matches no clause" in res.stdout + res.stderr
 
 
-def test_clause_without_any_check_is_exit_2_not_a_pass(tmp_path: Path) -> None:
-    # OPT-DEBUG applies (the reference declares it) but no check implements it yet.
-    res = sockconf("check", "--clause", "OPT-DEBUG", tmp_path=tmp_path)
+def test_selection_that_runs_no_check_is_exit_2_not_a_pass(tmp_path: Path) -> None:
+    # CLI-1 applies to the hello profile, but its checks are of the client, which
+    # this server-only target does not have: nothing ran, so no verdict at all.
+    res = sockconf("check", "--server", "sockconf-hello-server {port}", "--profile", "hello",
+                   "--clause", "CLI-1", tmp_path=tmp_path)
     assert res.rc == 2, res.explain()
 
 
@@ -116,18 +118,55 @@ def test_report_json_contract(tmp_path: Path) -> None:
     assert res.rc == 0, res.explain()
     doc = res.report
     assert doc is not None
-    assert set(doc) >= {"tool", "version", "target", "strict", "conformant", "summary", "clauses"}
+    assert set(doc) >= {"tool", "version", "target", "strict", "complete", "environment",
+                        "conformant", "summary", "clauses"}
     assert doc["tool"] == "sockconf" and doc["conformant"] is True and doc["strict"] is False
+    assert doc["complete"] is True
+    env = doc["environment"]
+    assert set(env) >= {"sockconf", "kernel", "strace", "isolation", "capture", "root",
+                        "hypothesis_profile", "hypothesis_seed"}
+    assert env["isolation"] in ("netns", "user+netns", "host") and env["root"] is (os.geteuid() == 0)
+    assert env["kernel"] == os.uname().release and env["hypothesis_profile"] == "ci"
     assert set(doc["target"]) >= {"name", "profile", "file"}
-    assert set(doc["summary"]) == {"pass", "fail", "warn", "skip", "not-testable"}
+    assert set(doc["summary"]) == {"pass", "fail", "warn", "skip", "not-testable", "error"}
     assert sum(doc["summary"].values()) == len(doc["clauses"])
     ids = [c["id"] for c in doc["clauses"]]
     assert ids == ["LIFE-1", "HELLO-1", "HELLO-2", "HELLO-3"]
+    # A line per clause with its verdict (the progress), no pytest dots or warnings.
+    shown = {ln.split()[0]: ln.split()[2] for ln in res.stdout.splitlines()
+             if ln.startswith("  ") and len(ln.split()) > 2 and ln.split()[0] in ids}
+    assert shown == dict.fromkeys(ids, "PASS"), res.stdout
+    assert "warning" not in res.stdout.lower() and "..." not in res.stdout.replace(
+        "bringing up nodes...", ""), res.stdout
     for c in doc["clauses"]:
         assert set(c) >= {"id", "level", "title", "verdict", "tests"}
         assert c["verdict"] == "pass"
         for t in c["tests"]:
             assert set(t) >= {"nodeid", "outcome", "duration_s", "message", "artifacts", "reproduce"}
+            assert t["verdict"] == "pass"
+
+
+def test_unwritable_artifacts_dir_is_a_suite_error(tmp_path: Path) -> None:
+    # The suite cannot keep the evidence it was asked for: its fault (exit 3),
+    # said before any check runs — never a verdict on the target.
+    res = sockconf("check", "reference-hello", "--clause", "ARGS-1", "--artifacts",
+                   "/proc/forbidden", tmp_path=tmp_path)
+    assert res.rc == 3, res.explain()
+    assert "/proc/forbidden" in res.stdout + res.stderr
+    assert res.report is None
+
+
+def test_junit_and_html_from_check(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+    res = sockconf("check", "--clause", "HELLO-1", "--junit-xml", str(tmp_path / "j.xml"),
+                   "--html", str(tmp_path / "r.html"), tmp_path=tmp_path)
+    assert res.rc == 0, res.explain()
+    cases = ET.parse(tmp_path / "j.xml").getroot().findall("testsuite/testcase")
+    assert cases and all(
+        {p.get("name"): p.get("value") for p in c.findall("properties/property")}
+        == {"clause": "HELLO-1", "level": "MUST", "verdict": "pass"} for c in cases)
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="HELLO-1"' in page and "sockconf check" in page
 
 
 def test_full_report_lists_every_hello_clause(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Graceful degradation: without strace, the tracing clauses say `skip` with
-the install hint — never `pass`, never a failure of the target."""
+the install hint — never `pass`, never a failure of the target — and the run
+says it is INCOMPLETE."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def test_without_strace_tracing_clauses_skip_with_hint(tmp_path: Path) -> None:
     for c in doc["clauses"]:
         assert c["verdict"] == "skip", c
         assert any("apt-get install strace" in t["message"] for t in c["tests"]), c
+    # Conformant as far as judged, but never a silent pass: the run says it is
+    # incomplete, records that strace was missing, and --require-complete fails it.
+    assert doc["complete"] is False and doc["environment"]["strace"] is None
+    must = [c["id"] for c in doc["clauses"] if c["level"] == "MUST"]
+    assert f"CONFORMANT, INCOMPLETE: {len(must)} MUST clauses not judged" in res.stdout, res.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "conformance", "check", str(_target_file(d)), "--clause", "ARGS-1",
+         "--require-complete"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PATH": str(empty)})
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-2000:]

@@ -15,24 +15,33 @@ from typing import Any
 import pytest
 
 from conformance.clauses import applicable
+from conformance.target import BUILTIN_DIR
 from tests.helpers import PROFILES, manifest, sockconf
 
 FIXTURES = [fx for p in PROFILES for fx in manifest(p)]
 
 
+# OPT clauses that have no check yet: their honest `skip` is expected.
+_OPT_WITHOUT_CHECK = {"OPT-BROADCAST", "OPT-DONTROUTE"}
+
+
 def _must_judge(profile: str, target_file: Path | None) -> list[str]:
     """Clauses a full run here (root, strace, private namespace) must actually
-    judge for this target: all of its profile's, except the OPT clauses (no
-    checks for most yet; undeclared options skip by definition) and ECHO-4 for a
-    target that declares no udp4 transport."""
-    transports: list[str] = []
-    if target_file is not None:
-        transports = tomllib.loads(target_file.read_text()).get("server", {}).get("transports", [])
+    judge for this target: all of its profile's, the OPT clauses of the options it
+    declares (server or client; those without a check yet excepted), and ECHO-4
+    only for a target that declares the udp4 transport."""
+    if target_file is None:
+        target_file = BUILTIN_DIR / f"reference-{profile}.toml"
+    doc = tomllib.loads(target_file.read_text())
+    transports: list[str] = doc.get("server", {}).get("transports", [])
+    declared = {*doc.get("server", {}).get("options", {}), *doc.get("client", {}).get("options", {})}
     out = []
     for c in applicable(profile):
-        if c.option:
+        if c.option and (c.option not in declared or c.id in _OPT_WITHOUT_CHECK):
             continue
-        if c.id == "ECHO-4" and target_file is not None and "udp4" not in transports:
+        if c.id == "OPT-OOBINLINE" and profile != "echo":
+            continue  # urgent data is defined for the echo profile only
+        if c.id == "ECHO-4" and "udp4" not in transports:
             continue
         out.append(c.id)
     return out

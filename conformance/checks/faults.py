@@ -25,7 +25,7 @@ from conformance.checks import support
 from conformance.evidence import Doubt, Inconclusive
 from conformance.harness import peers
 from conformance.harness.inspect import SockEntry, listening
-from conformance.harness.strace import Injection
+from conformance.harness.strace import Injection, slowdown
 from conformance.harness.syscalls import (
     ACCEPT_CALLS,
     READ_CALLS,
@@ -170,7 +170,7 @@ def server_baseline(bed: Testbed) -> Baseline:
     key = ("server", repr(bed.target), transport)
     if key not in _baselines:
         srv = bed.start_server(transport, trace=True, name="trace-server")
-        got = support.exchange(bed, srv, timeout=bed.scaled(bed.server_program, 5.0, traced=True))
+        got = support.exchange(bed, srv)
         rc = support.finish(bed, srv)
         if srv.trace_log is None:
             raise RuntimeError("a traced server without its log")
@@ -189,7 +189,7 @@ def attached_baseline(bed: Testbed) -> Baseline:
     if key not in _baselines:
         srv = bed.start_server(transport, name="attached-server")
         log = bed.attach_trace(srv, name="attached-trace")
-        got = support.exchange(bed, srv, timeout=bed.scaled(bed.server_program, 5.0, traced=True))
+        got = support.exchange(bed, srv, timeout=5.0 * slowdown())  # traced since the attach
         rc = support.finish(bed, srv)
         bed.trace_done(srv)
         points = _connection_points(parse(log), _listener_inode(srv))
@@ -204,8 +204,7 @@ def client_baseline(bed: Testbed) -> Baseline:
     key = ("client", repr(bed.target))
     if key not in _baselines:
         with peers.PeerServer(peers.greet()) as peer:
-            run = bed.run(bed.client_argv("tcp4", peer.port), trace=True, name="trace-client",
-                          timeout=bed.scaled(bed.client_program, 5.0, traced=True))
+            run = bed.run(bed.client_argv("tcp4", peer.port), trace=True, name="trace-client")
             peer.wait(5.0)
         if run.trace_log is None:
             raise RuntimeError("a traced client run without its log")
@@ -327,7 +326,6 @@ def server_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
     key = ("server", repr(bed.target), step, errno_)
     if key in _runs:
         return _runs[key]
-    program = bed.server_program
     p = None
     if step == "accept":
         inj = Injection(("accept", "accept4"), errno_, 1)
@@ -340,15 +338,14 @@ def server_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
     if step == "accept":
         # A blocking accept() fails at once (the injected call never waits), so the
         # server may be gone before it is seen listening: both are fine here.
-        what, _ = bed.exit_or_listen(srv.proc, bed.scaled(program, program.startup_timeout,
-                                                          traced=True))
+        what, _ = bed.exit_or_listen(srv.proc, bed.traced_startup_timeout)
         if what == "listen":
             try:
                 client = peers.connect(srv.transport, srv.port, srv.path, timeout=2.0)
             except OSError:
                 client = None
     try:
-        rc = srv.wait(bed.scaled(program, 3.0, traced=True))
+        rc = srv.wait_exit(3.0)
         left: list[SockEntry] = []
         if rc is None:
             left = listening(srv.pid)
@@ -375,7 +372,6 @@ def client_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
     inj = p.injection(errno_)
     with peers.PeerServer(peers.greet(), "tcp4") as peer:
         run = bed.run(bed.client_argv("tcp4", peer.port), injections=[inj],
-                      timeout=bed.scaled(bed.client_program, 5.0, traced=True),
                       name=f"client-{step}-{errno_}")
     if run.trace_log is None:
         raise RuntimeError("an injected client run without its log")

@@ -4,22 +4,25 @@ exchange, argv surgery.  No process is spawned here except through the testbed
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
+from conformance.checks import profiles
+from conformance.evidence import Inconclusive
 from conformance.harness import peers
 from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
+READ_FAMILY = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg", "pread64")
+WRITE_FAMILY = ("write", "writev", "sendto", "sendmsg", "sendmmsg", "pwrite64", "sendfile")
 
 
 # -- texts ---------------------------------------------------------------------------------
@@ -53,8 +56,8 @@ def program_names(argv: list[str], template: tuple[str, ...], base_dir: Path) ->
     if "/" not in argv[0]:
         import shutil
 
-        from conformance.harness.process import _env
-        found = shutil.which(argv[0], path=_env(None)["PATH"])
+        from conformance.harness.process import child_env
+        found = shutil.which(argv[0], path=child_env(None)["PATH"])
         if found:
             names.add(found)
     takes_value = False
@@ -125,15 +128,6 @@ def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> 
 
 # -- the profile's normal exchange -------------------------------------------------------------
 
-ECHO_PROBE = b"sockconf echo probe \x00\xff\n"
-PING = b'{"op":"ping","id":1}\n'
-
-
-def one_shot(bed: Testbed) -> bool:
-    """hello servers serve one client and exit; echo/jsondoc servers keep serving."""
-    return bed.target.profile == "hello"
-
-
 def stream_transport(bed: Testbed) -> str:
     """The transport of the generic (not transport-specific) server checks: a
     stream one, since they judge connections; skip for a datagram-only target."""
@@ -141,79 +135,91 @@ def stream_transport(bed: Testbed) -> str:
     for t in ("tcp4", "tcp6", "unix"):
         if t in program.transports:
             return t
-    pytest.skip(f"the target declares no stream transport (only {', '.join(program.transports)})")
+    raise Inconclusive(f"the target declares no stream transport "
+                       f"(only {', '.join(program.transports)})")
+
+
+# What our socket says when the server refused, dropped or reset us, or never
+# accepted (a full backlog): the target's doing.  Any other errno (EMFILE in our
+# own process, ...) is the suite's trouble and stays an error.
+PEER_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+                         errno.ETIMEDOUT, errno.ENOENT, errno.EAGAIN, errno.EHOSTUNREACH})
+
+
+@contextmanager
+def blamed_on_target(what: str, srv: Server) -> Iterator[None]:
+    """Turn our socket's failure caused by the server (refused, reset, timed out)
+    into a Violation saying what the server did."""
+    try:
+        yield
+    except OSError as e:
+        if not isinstance(e, TimeoutError) and e.errno not in PEER_ERRNOS:
+            raise
+        raise Violation(f"{what}: {e.strerror or e} (server {srv.status()})") from None
 
 
 def exchange(bed: Testbed, srv: Server, timeout: float = 5.0) -> peers.Received:
     """The profile's normal exchange on one connection, as a correct client does
-    it: hello — read the greeting; echo — send a probe, shut down our side, read
-    the echo until FIN; jsondoc — send a ping, shut down our side, read the
-    response until FIN."""
-    profile = bed.target.profile
-    if profile == "hello":
-        return peers.fetch_greeting(srv.transport, srv.port, srv.path, timeout=timeout)
-    payload = ECHO_PROBE if profile == "echo" else PING
-    return peers.request(srv.transport, srv.port, srv.path, payload=payload, timeout=timeout)
+    it (`Profile.exchange`), with `timeout` scaled for the server."""
+    with blamed_on_target("the normal exchange", srv):
+        return profiles.of(bed).exchange(srv, timeout * srv.timeout_scale)
 
 
 def finish(bed: Testbed, srv: Server, timeout: float = 5.0) -> int | None:
-    """End a server after its normal exchange: a one-shot server ends by itself
-    (up to `timeout`, else killed: None); a concurrent one is sent SIGTERM — to
-    its process group, so that it reaches the target under strace too — and its
-    exit is waited for (a hang guard, scaled under strace; LIFE-6 judges speed)."""
-    timeout = bed.scaled(bed.server_program, timeout, traced=srv.traced)
-    if not one_shot(bed) and srv.proc.poll() is None:
-        srv.signal(signal.SIGTERM)
-    return bed.stop(srv, timeout)
+    """End a server after its normal exchange, by its profile's end-of-service
+    rule: a one-shot server ends by itself (waited for up to `timeout`); a
+    concurrent one is sent SIGTERM (its process group) and waited for up to 2 s.
+    Killed if it does not end then: None."""
+    if profiles.of(bed).one_shot:
+        return srv.stop(0, timeout)
+    return srv.stop(signal.SIGTERM, min(timeout, 2.0))
 
 
 class Session:
     """An open connection to a concurrent server that does the profile's round
     trips on demand (echo: a tagged line comes back; jsondoc: a ping with an id
-    is answered with that id) — what LIFE-5/7/8 use to tell "served" from not."""
+    is answered with that id) — what LIFE-5/7/8 use to tell "served" from not.
+
+    Our socket failing (reset, refused) means the server dropped or refused us:
+    that is reported as a Violation saying so, not as our error."""
 
     def __init__(self, bed: Testbed, srv: Server, timeout: float = 5.0) -> None:
-        self.profile = bed.target.profile
-        self.timeout = timeout
-        self.sock = peers.connect(srv.transport, srv.port, srv.path, timeout)
+        self.profile = profiles.of(bed)
+        self.scale = srv.timeout_scale
+        self.timeout = timeout * self.scale
+        self.srv = srv
+        with blamed_on_target("connecting", srv):
+            self.sock = peers.connect(srv.transport, srv.port, srv.path, self.timeout)
         self.buf = b""
 
     def send(self, tag: int) -> bytes:
-        if self.profile == "echo":
-            msg = f"sockconf round trip {tag:08d}\n".encode()
-        else:
-            msg = b'{"op":"ping","id":%d}\n' % tag
-        self.sock.sendall(msg)
+        msg = self.profile.request(tag)
+        with blamed_on_target(f"round trip {tag}: sending {msg!r}", self.srv):
+            self.sock.sendall(msg)
         return msg
 
     def receive(self, tag: int, sent: bytes, timeout: float | None = None) -> None:
         """Wait for the answer to `send(tag)`; Violation if it does not come."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        want = len(sent) if self.profile == "echo" else None
+        limit = self.timeout if timeout is None else timeout * self.scale
+        deadline = time.monotonic() + limit
         while True:
-            if want is not None and len(self.buf) >= want:
-                got, self.buf = self.buf[:want], self.buf[want:]
-                if got != sent:
-                    raise Violation(f"round trip {tag}: sent {sent!r}, got back {got!r}")
-                return
-            if want is None and b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    doc = None
-                if not isinstance(doc, dict) or doc.get("ok") is not True or doc.get("id") != tag:
-                    raise Violation(f"round trip {tag}: sent {sent!r}, got {line[:200]!r}")
+            done, self.buf = self.profile.take_answer(self.buf, tag, sent)
+            if done:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Violation(f"round trip {tag}: no answer to {sent!r} within "
-                                f"{self.timeout:g} s (got {self.buf[:80]!r})")
+                                f"{limit:g} s (got {self.buf[:80]!r})")
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
-                continue
+                continue  # judged above: no answer in time
+            except OSError as e:
+                if e.errno not in PEER_ERRNOS:
+                    raise
+                raise Violation(f"round trip {tag}: waiting for the answer to {sent!r}: "
+                                f"{e.strerror} (server {self.srv.status()})") from None
             if not chunk:
                 raise Violation(f"round trip {tag}: the server closed the connection "
                                 f"instead of answering {sent!r}")

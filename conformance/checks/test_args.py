@@ -8,7 +8,7 @@ from conformance.checks import support
 from conformance.clauses import clause, client_side
 from conformance.evidence import Inconclusive, Observation, Pass
 from conformance.harness import strace, syscalls
-from conformance.harness.testbed import Testbed, Violation
+from conformance.harness.testbed import Testbed, Violation, timeout_scale
 
 
 def _no_socket_opened(run: support.ClientRun, path: str | None, shown: str) -> Pass:
@@ -43,7 +43,7 @@ def test_server_usage(bed: Testbed, count: int) -> Pass:
         argv = support.without_positionals(full, template, ("port", "path"))
     else:
         argv = full + ["extra"]
-    run = bed.run(argv, timeout=bed.scaled(prog, 5.0, traced=_traced()), trace=_traced(),
+    run = bed.run(argv, timeout=5.0, trace=_traced(),
                   name="server")
     shown = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
                                  "<port>")
@@ -65,7 +65,7 @@ def test_client_usage(bed: Testbed, count: int) -> Pass:
         argv = support.without_positionals(full, template, ("port",))
     else:
         argv = full + ["extra"]
-    run = bed.run(argv, timeout=bed.scaled(prog, 5.0, traced=_traced()), trace=_traced(),
+    run = bed.run(argv, timeout=5.0, trace=_traced(),
                   name="client")
     shown = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
                                  "<IP> <port>")
@@ -83,7 +83,7 @@ def test_server_bad_port(bed: Testbed, port: str) -> Pass:
     if not any("{port}" in a for a in prog.argv_for(transport)):
         raise Inconclusive("the server's command line takes no {port}", "not-applicable")
     srv = bed.spawn_server(bed.server_argv(transport, port, None), transport=transport)
-    what, value = bed.exit_or_listen(srv.proc, bed.scaled(prog, 3.0))
+    what, value = bed.exit_or_listen(srv.proc, 3.0 * timeout_scale(prog))
     if what == "listen":
         where = ", ".join(f"{e.local}" for e in value)  # type: ignore[attr-defined]
         raise Violation(f"given port {port!r} it listens ({where}) instead of refusing it")
@@ -111,7 +111,7 @@ def test_client_bad_address(bed: Testbed, host: str | None, port: str | None) ->
                            "not-applicable")
     argv = bed.client_argv("tcp4", port if port is not None else bed.free_port(),
                            host=host if host is not None else "127.0.0.1")
-    run = bed.run(argv, timeout=bed.scaled(prog, 5.0, traced=_traced()), trace=_traced())
+    run = bed.run(argv, timeout=5.0, trace=_traced())
     shown = f"{host!r}" if host is not None else f"port {port!r}"
     if run.timed_out:
         raise Violation(f"given {shown} it was still running after the timeout")

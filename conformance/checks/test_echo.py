@@ -1,4 +1,4 @@
-"""ECHO — byte-stream and datagram echo (ECHO-1..5, OPT-OOBINLINE).
+"""ECHO — byte-stream and datagram echo (ECHO-1..5; OPT-OOBINLINE is in test_opt.py).
 
 Every stream check reads while it writes, as a real echo client must: a server
 that echoes as it reads would otherwise block on a full buffer and look broken.
@@ -372,7 +372,7 @@ def test_datagram_fuzz(bed: Testbed) -> None:
         sock.close()
 
 
-# -- ECHO-5 / OPT-OOBINLINE -------------------------------------------------------------------
+# -- ECHO-5 --------------------------------------------------------------------------------
 
 def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
     """b"ab", then b"X" as urgent data (MSG_OOB), then b"cd", then SHUT_WR; what
@@ -419,15 +419,3 @@ def test_urgent_byte_inline(bed: Testbed, server_transport: str) -> None:
         raise Violation(f"with the declared oobinline option: sent b'ab' + urgent b'X' + b'cd', "
                         f"expected b'abXcd' back (urgent byte in order), got {got!r}")
 
-
-@clause("OPT-OOBINLINE")
-def test_oobinline_option(bed: Testbed) -> None:
-    """The declared option, by behaviour: the urgent byte stays in the stream, in
-    order (REQUIREMENTS.md: "OPT-OOBINLINE — see ECHO-5")."""
-    _inline_declared(bed)
-    if bed.target.profile != "echo":
-        pytest.skip("urgent-data semantics are observable through the echo profile only")
-    transport = "tcp4" if "tcp4" in bed.server_program.transports else "tcp6"
-    got = _urgent_exchange(bed, transport, inline=True)
-    if got != b"abXcd":
-        raise Violation(f"with the oobinline option: expected b'abXcd' back, got {got!r}")

@@ -6,18 +6,20 @@ import time
 
 import pytest
 
-from conformance.checks import faults, support
+from conformance.checks import faults, profiles, support
 from conformance.checks.faults import CLIENT_EMFILE, CLIENT_FAULTS, SERVER_EMFILE, SERVER_FAULTS
 from conformance.clauses import clause, client_side
 from conformance.evidence import Inconclusive, Pass, require
-from conformance.harness import peers
+from conformance.harness import peers, strace
 from conformance.harness.process import describe_status
 from conformance.harness.syscalls import parse
 from conformance.harness.testbed import Server, Testbed, Violation
 
 
-def _server_run(bed: Testbed, srv: Server, timeout: float) -> support.ClientRun:
-    rc = srv.wait(timeout)
+def _server_run(srv: Server, timeout: float, *, judged: bool = False) -> support.ClientRun:
+    """A server expected to exit by itself: waited for `timeout` s — a hang guard
+    scaled for the server, or with `judged` the clause's own bound — else killed."""
+    rc = srv.proc.wait(timeout) if judged else srv.wait_exit(timeout)
     if rc is None:
         srv.kill()
     return support.ClientRun(srv.proc, rc, rc is None, srv.trace_log)
@@ -57,7 +59,7 @@ def test_bind_failure(bed: Testbed) -> Pass:
     with support.hold_port(transport, port):
         t0 = time.monotonic()
         srv = bed.spawn_server(bed.server_argv(transport, port, None), transport=transport)
-        run = _server_run(bed, srv, 2.0)
+        run = _server_run(srv, 2.0, judged=True)
         took = time.monotonic() - t0
     if run.timed_out:
         raise Violation(f"port {port} held by another listener: still running after 2 s; "
@@ -78,7 +80,7 @@ def test_connect_refused(bed: Testbed) -> Pass:
         argv = bed.client_argv(transport, None, path)
     else:
         argv = bed.client_argv(transport, bed.free_port(transport))
-    run = bed.run(argv, timeout=bed.scaled(bed.client_program, 5.0))
+    run = bed.run(argv, timeout=5.0)
     support.expect_error(run, "connect() error!")
     return Pass("nothing listening: 'connect() error!', exit 1, empty stdout")
 
@@ -97,8 +99,7 @@ def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> Pass:
     if transport == "unix":
         pytest.skip("the early-end peers are TCP (RST has no AF_UNIX equivalent)")
     with peers.PeerServer(peers.cut_short(nbytes, reset=reset), transport) as peer:
-        run = bed.run(bed.client_argv(transport, peer.port),
-                      timeout=bed.scaled(bed.client_program, 5.0))
+        run = bed.run(bed.client_argv(transport, peer.port), timeout=5.0)
     end = "RST" if reset else "FIN"
     if run.stdout:
         raise Violation(f"server sent {nbytes} byte(s) then {end}: the client printed "
@@ -157,7 +158,7 @@ def test_server_bad_port_not_on_stdout(bed: Testbed) -> Pass:
     if transport == "unix":
         raise Inconclusive("the server's command line takes no port", "not-applicable")
     srv = bed.spawn_server(bed.server_argv(transport, "abc", None), transport=transport)
-    run = _server_run(bed, srv, bed.scaled(bed.server_program, 3.0))
+    run = _server_run(srv, 3.0)
     return _stdout_clean(run.stdout, run.timed_out, "server given port 'abc'")
 
 
@@ -171,8 +172,7 @@ def test_client_errors_not_on_stdout(bed: Testbed, step: str, errno_: str) -> Pa
 @client_side
 @clause("ERR-5")
 def test_client_bad_ip_not_on_stdout(bed: Testbed) -> Pass:
-    run = bed.run(bed.client_argv("tcp4", bed.free_port(), host="999.1.1.1"),
-                  timeout=bed.scaled(bed.client_program, 5.0))
+    run = bed.run(bed.client_argv("tcp4", bed.free_port(), host="999.1.1.1"), timeout=5.0)
     return _stdout_clean(run.stdout, run.timed_out, "client given IP '999.1.1.1'")
 
 
@@ -181,7 +181,7 @@ def test_client_bad_ip_not_on_stdout(bed: Testbed) -> Pass:
 @clause("ERR-6")
 @pytest.mark.parametrize("read_first", [0, 1], ids=["reset-at-once", "reset-after-1-byte"])
 def test_no_sigpipe_death(bed: Testbed, read_first: int) -> Pass:
-    if not support.one_shot(bed):
+    if not profiles.of(bed).one_shot:
         return _resets_while_answering(bed, read_first)
     srv = bed.start_server()
     sock = peers.connect(srv.transport, srv.port, srv.path)
@@ -193,7 +193,7 @@ def test_no_sigpipe_death(bed: Testbed, read_first: int) -> Pass:
             peers.set_linger_abort(sock)
     finally:
         sock.close()
-    rc = srv.proc.wait(5.0)
+    rc = srv.wait_exit(5.0)
     if rc is not None and rc < 0:
         raise Violation(f"peer reset the connection: server {srv.proc.status()}")
     if rc is not None and rc not in (0, 1):
@@ -210,10 +210,7 @@ def _resets_while_answering(bed: Testbed, rounds: int) -> Pass:
     Only death by a signal is this clause's concern; a server that stops serving
     otherwise fails LIFE-8."""
     srv = bed.start_server(support.stream_transport(bed))
-    if bed.target.profile == "echo":
-        flood = bytes(range(256)) * 2048                       # 512 KiB
-    else:
-        flood = b"".join(b'{"op":"ping","id":%d}\n' % i for i in range(20000))
+    flood = profiles.of(bed).flood(512 * 1024)
     for _ in range(3 + rounds):
         try:
             sock = peers.connect(srv.transport, srv.port, srv.path)
@@ -269,7 +266,7 @@ def _same_exchange(got: peers.Received, base: peers.Received | None) -> bool:
 @clause("ERR-8")
 @pytest.mark.parametrize("step", ["accept", "read", "write"])
 def test_server_eintr_retried(bed: Testbed, step: str) -> Pass:
-    if step != "accept" and not support.one_shot(bed):
+    if step != "accept" and not profiles.of(bed).one_shot:
         return _eintr_in_connection(bed, step)
     base = faults.server_baseline(bed)
     point = None
@@ -278,16 +275,14 @@ def test_server_eintr_retried(bed: Testbed, step: str) -> Pass:
     else:
         point = faults.point(base.points, step, "server")
         inj = point.injection("EINTR")
-    program = bed.server_program
     srv = bed.start_server(support.stream_transport(bed), injections=[inj], ready=False,
                            name=f"server-eintr-{step}")
     # An interrupted blocking accept() returns at once: a server that gives up
     # on EINTR may be gone before it is ever seen listening.
-    what, _ = bed.exit_or_listen(srv.proc, bed.scaled(program, program.startup_timeout,
-                                                      traced=True))
+    what, _ = bed.exit_or_listen(srv.proc, bed.traced_startup_timeout)
     got = peers.Received(end="nothing: the server never listened")
     if what == "listen":
-        got = support.exchange(bed, srv, timeout=bed.scaled(program, 5.0, traced=True))
+        got = support.exchange(bed, srv)
     rc = support.finish(bed, srv)
     if srv.trace_log is None:
         raise RuntimeError("an injected server without its log")
@@ -320,7 +315,7 @@ def _eintr_in_connection(bed: Testbed, step: str) -> Pass:
     srv = bed.start_server(support.stream_transport(bed), name=f"server-eintr-{step}")
     listener = srv.listener.entry.inode if srv.listener is not None else None
     bed.attach_trace(srv, [inj], name=f"eintr-{step}")
-    got = support.exchange(bed, srv, timeout=bed.scaled(bed.server_program, 5.0, traced=True))
+    got = support.exchange(bed, srv, timeout=5.0 * strace.slowdown())  # traced since the attach
     rc = support.finish(bed, srv)
     bed.trace_done(srv)
     if srv.trace_log is None:

@@ -5,9 +5,13 @@ Every target is started
   * behind `setpriv --pdeathsig KILL` when available, so that even if the test process
     itself dies (SIGKILL, crash, xdist worker lost) the kernel kills the target;
   * with stdout/stderr captured to files (evidence, and no pipe can fill up and block it);
+  * with the target's declared environment added to ours;
   * with RLIMIT_CORE = 0 (a crashing mutant must not litter core files); it is set in our
     own process and inherited, because a preexec_fn would run Python between fork and
     exec while other threads (the capture reader) may hold locks.
+Signals go to the process group, as a service manager sends them: a wrapper that does
+not exec (`npm start`, a launcher script) passes nothing on, and what it started must
+get the signal too.  A program has ended when its whole group has.
 `Runner.close()` kills every group it started; an atexit hook and SIGTERM/SIGHUP handlers
 do the same for whatever is still alive, so Ctrl-C, failures and normal ends all clean up.
 """
@@ -23,7 +27,7 @@ import subprocess
 import sysconfig
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -67,7 +71,6 @@ class Proc:
     popen: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
-    started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
     @property
@@ -90,10 +93,6 @@ class Proc:
             self.ended = time.monotonic()
         return rc
 
-    @property
-    def returncode(self) -> int | None:
-        return self.poll()
-
     def status(self) -> str:
         return describe_status(self.poll())
 
@@ -109,11 +108,33 @@ class Proc:
         return ("…" if len(data) > limit else "") + text
 
     def signal(self, sig: int) -> None:
-        """Send `sig` to the target itself (not the group)."""
+        """Send `sig` to the process group (the target and whatever it started
+        without a new session: a launcher's child, a forked worker)."""
         try:
-            os.kill(self.pid, sig)
+            os.killpg(self.pid, sig)
         except ProcessLookupError:
-            pass
+            pass  # the whole group is gone already
+
+    def group_alive(self) -> list[int]:
+        """The pids of the group still running (zombies are dead: their reaper is
+        not us once their parent has gone)."""
+        return group_members(self.pid)
+
+    def wait_group(self, timeout: float) -> int | None:
+        """Wait until the process and every other member of its group have ended:
+        its exit status (negative: killed by that signal), or None if something
+        of the group still runs after `timeout` s."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        rc = self.wait(timeout)
+        if rc is None:
+            return None
+        delay = 0.001
+        while self.group_alive():
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return rc
 
     def kill(self) -> None:
         """SIGKILL the whole process group and any descendant that escaped it; reap."""
@@ -147,19 +168,38 @@ class Proc:
                 except psutil.Error:
                     break
                 time.sleep(0.005)
+        # Members of the group whose parent (a launcher) ended earlier are no
+        # descendants any more: wait for them the same way.
+        while group_members(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
         if self.ended is None:
             self.ended = time.monotonic()
         _LIVE.pop(self.pid, None)
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
+    # An unreadable output file is the suite's trouble (its workdir is gone or
+    # full): it raises, it is not read as "the program printed nothing".
+    return path.read_bytes()
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            out.append(int(name))
+    return out
+
+
+def child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     # Bare program names (e.g. the reference's console scripts) resolve in our own
     # scripts folder first, even when the virtualenv is not activated.
@@ -169,15 +209,6 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra or {})
     return env
-
-
-def _prlimit(rlimits: Mapping[str, tuple[int, int]]) -> list[str]:
-    if not rlimits:
-        return []
-    tool = shutil.which("prlimit")
-    if tool is None:
-        raise FileNotFoundError("rlimits need util-linux prlimit, which is not installed")
-    return [tool, *(f"--{res}={soft}:{hard}" for res, (soft, hard) in rlimits.items()), "--"]
 
 
 def _no_core_files() -> None:
@@ -195,22 +226,19 @@ class Runner:
         _no_core_files()
 
     def spawn(self, argv: Sequence[str], *, name: str = "target", cwd: Path | None = None,
-              env: Mapping[str, str] | None = None,
-              rlimits: Mapping[str, tuple[int, int]] | None = None) -> Proc:
-        """Start `argv` (argv[0] looked up like a shell does, relative to `cwd`).
-
-        `rlimits` (e.g. {"nofile": (64, 64)}) are set by util-linux `prlimit`
-        exec'ing the target, so they hold from its first instruction."""
+              env: Mapping[str, str] | None = None) -> Proc:
+        """Start `argv` (argv[0] looked up like a shell does, relative to `cwd`),
+        with `env` added to our environment."""
         self._seq += 1
         stem = f"{self._seq:02d}-{name}"
         out = self.workdir / f"{stem}.stdout"
         err = self.workdir / f"{stem}.stderr"
-        cmd = [*_PDEATH_PREFIX, *_prlimit(rlimits or {}), *argv]
+        cmd = [*_PDEATH_PREFIX, *argv]
         with open(out, "wb") as fo, open(err, "wb") as fe:
             try:
                 popen = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=cwd,
-                    env=_env(env), start_new_session=True, close_fds=True)
+                    env=child_env(env), start_new_session=True, close_fds=True)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"cannot run {argv[0]!r}: {e.strerror}") from None
         proc = Proc(name, list(argv), popen, out, err)
@@ -218,23 +246,10 @@ class Runner:
         _LIVE[proc.pid] = proc
         return proc
 
-    def run(self, argv: Sequence[str], *, timeout: float, **kw: object) -> Proc:
-        """Start and wait up to `timeout` s; a process still running then is killed
-        (its status reads "killed by SIGKILL" and `timed_out(proc)` is True)."""
-        proc = self.spawn(argv, **kw)  # type: ignore[arg-type]
-        if proc.wait(timeout) is None:
-            proc.kill()
-            proc.timed_out = True  # type: ignore[attr-defined]
-        return proc
-
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None or proc.pid in _LIVE:
                 proc.kill()
-
-
-def timed_out(proc: Proc) -> bool:
-    return bool(getattr(proc, "timed_out", False))
 
 
 _CLEANUPS: list[Callable[[], None]] = []

@@ -9,22 +9,21 @@ failure (target stdout/stderr, strace logs, the pcap) before that.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import pytest
 
-from conformance.evidence import Inconclusive, Violation
-from conformance.harness import strace as tracing
+from conformance.evidence import Doubt, Inconclusive, Violation
+from conformance.harness import strace
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
@@ -35,8 +34,21 @@ from conformance.target import Program, Target
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
 
 
+def timeout_scale(program: Program) -> float:
+    """The factor for every wait on `program` (target file `timeout_scale`)."""
+    return float(getattr(program, "timeout_scale", 1.0))
+
+
+def program_env(program: Program) -> Mapping[str, str]:
+    """What `program` adds to the environment (target file `env`)."""
+    return dict(getattr(program, "env", None) or {})
+
+
 @dataclass
 class Server:
+    """A running server.  `proc` is what was spawned: the program itself, or
+    strace running it.  Ending it goes through `signal` and `wait_exit`, which
+    reach the program in either case."""
     proc: Proc
     transport: str
     port: int | None
@@ -45,41 +57,72 @@ class Server:
     listener: Listener | None = None
     data: str | None = None   # the jsondoc store path it was given ({data})
     tracer: Proc | None = None  # strace attached to it (attach_trace)
-    traced: bool = False        # started under strace: `proc` is strace, the target its child
+    timeout_scale: float = 1.0  # the program's (and strace's slowdown), for every wait on it
+    traced: bool = False        # started under strace: `proc` is strace, the program its child
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def signal(self, sig: int) -> None:
-        """Send `sig` to the server's process group: the target itself even when
-        `proc` is strace (which blocks the signal and waits for its tracee) or a
-        wrapper that does not exec, as a service manager does."""
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    @property
+    def listener_pid(self) -> int:
+        """The process that holds the listening socket (readiness saw it): the
+        program itself under a launcher that does not exec or under strace; the
+        spawned process until readiness has looked."""
+        return self.listener.pid if self.listener is not None else self.proc.pid
 
-    def wait(self, timeout: float) -> int | None:
-        """The target's exit status (under strace: strace ends with its last tracee
-        and takes on the target's status or death), or None if still running."""
-        return self.proc.wait(timeout)
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the server's process group, as a service manager does: a
+        wrapper that does not exec (a launcher script, `npm start`) and what it
+        started both get it.  A traced server's group holds strace and the
+        program; strace run as `strace -o FILE PROG` blocks fatal signals (its
+        -I3 default), so the program alone acts on it, and strace then ends the
+        way the program did (an attached strace is in a group of its own)."""
+        self.proc.signal(sig)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to `timeout` s (times the program's timeout_scale) until the
+        server and every process of its group have ended: the exit status
+        (negative: the signal that ended it), or None if it is still running."""
+        return self.proc.wait_group(timeout * self.timeout_scale)
+
+    def stop(self, sig: int, timeout: float) -> int | None:
+        """`signal(sig)` then `wait_exit(timeout)`; killed if it does not end then
+        (None).  Without a signal (`sig` 0) it is only waited for."""
+        if sig:
+            self.signal(sig)
+        rc = self.wait_exit(timeout)
+        if rc is None:
+            self.kill()
+        return rc
 
     def kill(self) -> None:
-        """Kill the server; a traced one target first, so that strace writes the
-        end of its log (a SIGKILL to strace itself may lose it)."""
+        """SIGKILL the whole group; a traced server's program first, so that strace
+        logs its death and writes the end of its log before it is killed too."""
         if self.traced:
             kill_tracees(self.proc)
         self.proc.kill()
 
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def status(self) -> str:
+        return self.proc.status()
+
 
 @dataclass
 class ClientRun:
+    """A program run to its end, the run observation: how it ended (exit status
+    or signal, or still running at the timeout and then killed), how long it
+    took, what it printed.  Its quality is in doubt only when strace was to run
+    it and never did (no trace written): the status is then strace's, not the
+    program's."""
     proc: Proc
     rc: int | None
     timed_out: bool
     trace_log: Path | None = None
     elapsed_s: float = 0.0
+    timeout_s: float = 0.0
 
     @property
     def stdout(self) -> bytes:
@@ -89,9 +132,29 @@ class ClientRun:
     def stderr(self) -> bytes:
         return self.proc.stderr()
 
+    def doubt(self) -> Doubt | None:
+        if self.trace_log is not None and not (self.trace_log.exists()
+                                               and self.trace_log.stat().st_size):
+            return Doubt(f"strace did not run the program ({self.proc.status()}, "
+                         f"stderr {self.proc.stderr_tail(200)!r})")
+        return None
+
     def describe(self) -> str:
-        status = "still running after the timeout (killed)" if self.timed_out else self.proc.status()
+        status = (f"still running after {self.timeout_s:g} s (killed)" if self.timed_out
+                  else f"{self.proc.status()} after {self.elapsed_s:.2f} s")
         return f"{status}; stdout={self.stdout[:200]!r}; stderr={self.stderr[:200]!r}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Something observed directly — a socket the kernel reported (sock_diag,
+    /proc), a process's exit status — for a `Pass` to cite.  Sound as such: what
+    it proves is the check's to say."""
+    what: str
+    record: object = None
+
+    def doubt(self) -> Doubt | None:
+        return None
 
 
 @dataclass
@@ -126,13 +189,13 @@ class Testbed:
     @property
     def server_program(self) -> Program:
         if self.target.server is None:
-            pytest.skip("the target declares no server")
+            raise Inconclusive("the target declares no server")
         return self.target.server
 
     @property
     def client_program(self) -> Program:
         if self.target.client is None:
-            pytest.skip("the target declares no client")
+            raise Inconclusive("the target declares no client")
         return self.target.client
 
     def primary(self, program: Program) -> str:
@@ -145,7 +208,7 @@ class Testbed:
 
     def require_transport(self, program: Program, transport: str) -> None:
         if transport not in program.transports:
-            pytest.skip(f"the target does not declare transport {transport}")
+            raise Inconclusive(f"the target does not declare transport {transport}")
 
     # -- resources ------------------------------------------------------------------
 
@@ -169,15 +232,8 @@ class Testbed:
         return str(self._sockdir / name)
 
     def need_strace(self) -> None:
-        if tracing.strace_path() is None:
-            raise Inconclusive(tracing.STRACE_HINT)
-
-    def scaled(self, program: Program, seconds: float, *, traced: bool = False) -> float:
-        """A wait on `program` (a hang guard, never a judged bound): times the
-        target's `timeout_scale`, and under strace times strace's measured
-        slowdown here (`strace.slowdown`)."""
-        factor = float(getattr(program, "timeout_scale", 1.0))
-        return seconds * factor * (tracing.slowdown() if traced else 1.0)
+        if strace.strace_path() is None:
+            raise Inconclusive(strace.STRACE_HINT)
 
     def _trace_log(self, role: str) -> Path:
         self._traces += 1
@@ -205,20 +261,24 @@ class Testbed:
 
     def spawn_server(self, argv: Sequence[str], *, transport: str = "tcp4",
                      port: int | None = None, path: str | None = None, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (),
+                     injections: Sequence[strace.Injection] = (),
                      name: str = "server") -> Server:
+        program = self.server_program
         log = None
         cmd = list(argv)
         if trace or injections:
             self.need_strace()
             log = self._trace_log(name)
-            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
-        proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir)
-        return Server(proc, transport, port, path, log, traced=log is not None)
+            cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
+        proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
+                                 env=program_env(program))
+        scale = timeout_scale(program) * (strace.slowdown() if log is not None else 1.0)
+        return Server(proc, transport, port, path, log, timeout_scale=scale,
+                      traced=log is not None)
 
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (), ready: bool = True,
+                     injections: Sequence[strace.Injection] = (), ready: bool = True,
                      name: str = "server", data: str | None = None) -> Server:
         """Start the target's server on a fresh port (or unix path) and, unless
         `ready=False`, wait passively until it listens there."""
@@ -237,19 +297,21 @@ class Testbed:
             self.wait_ready(srv)
         return srv
 
-    def attach_trace(self, srv: Server, injections: Sequence[tracing.Injection] = (),
+    def attach_trace(self, srv: Server, injections: Sequence[strace.Injection] = (),
                      name: str = "attach") -> Path:
         """Trace a running server from now on (strace -p, all threads), with
         `injections` counted from now; returns the log.  Waits until every thread
         is traced, so the next exchange is seen whole."""
         self.need_strace()
         log = self._trace_log(name)
-        tracer = self.runner.spawn(tracing.attach_argv(srv.pid, log, injections), name=name)
+        # The process holding the listener, not a launcher that waits for it.
+        target = srv.listener_pid
+        tracer = self.runner.spawn(strace.attach_argv(target, log, injections), name=name)
         deadline = time.monotonic() + 5.0
-        while tracing.traced_by(srv.pid) != {tracer.pid}:
+        while strace.traced_by(target) != {tracer.pid}:
             if tracer.poll() is not None or srv.proc.poll() is not None:
-                raise Inconclusive(f"could not trace the running server: strace {tracer.status()},"
-                                   f" {tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
+                raise Inconclusive(f"could not trace the running server: strace {tracer.status()}, "
+                                   f"{tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
             if time.monotonic() >= deadline:
                 raise Inconclusive("strace could not attach to the running server within 5 s "
                                    "(ptrace not permitted here?)")
@@ -264,12 +326,22 @@ class Testbed:
         if srv.tracer is not None and srv.tracer.wait(timeout) is None:
             srv.tracer.kill()
 
+    @property
+    def startup_timeout(self) -> float:
+        """How long the server may take to listen: its startup_timeout, scaled."""
+        program = self.server_program
+        return program.startup_timeout * timeout_scale(program)
+
+    @property
+    def traced_startup_timeout(self) -> float:
+        """The same under strace: also times strace's measured slowdown here."""
+        return self.startup_timeout * strace.slowdown()
+
     def wait_ready(self, srv: Server) -> Listener:
         try:
             srv.listener = wait_listening(
                 srv.pid, transport=srv.transport, port=srv.port, path=srv.path,
-                timeout=self.scaled(self.server_program, self.server_program.startup_timeout,
-                                    traced=srv.traced),
+                timeout=self.traced_startup_timeout if srv.traced else self.startup_timeout,
                 exited=srv.proc.poll,
                 stderr_tail=srv.proc.stderr_tail)
         except NotReady as e:
@@ -277,11 +349,12 @@ class Testbed:
                             + (f" ({e.detail})" if getattr(e, "detail", "") else "")) from None
         return srv.listener
 
-    def exit_or_listen(self, proc: Proc, timeout: float) -> tuple[str, object]:
+    def exit_or_listen(self, proc: Proc, timeout: float | None = None) -> tuple[str, object]:
         """Watch a process that should exit without ever listening: returns
         ("listen", [SockEntry...]) as soon as it listens anywhere, ("exit", status)
-        when it ends, ("running", None) if neither happened within `timeout`."""
-        deadline = time.monotonic() + timeout
+        when it ends, ("running", None) if neither happened within `timeout`
+        (default: the server's scaled startup timeout)."""
+        deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
         delay = 0.001
         while True:
             found = listening(proc.pid)
@@ -295,13 +368,6 @@ class Testbed:
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
 
-    def stop(self, srv: Server | Proc, timeout: float = 3.0) -> int | None:
-        """Wait for a process to end by itself (up to `timeout`), else kill it."""
-        rc = srv.wait(timeout)
-        if rc is None:
-            srv.kill()
-        return rc
-
     # -- clients --------------------------------------------------------------------------
 
     def client_argv(self, transport: str, port: int | str | None, path: str | None = None,
@@ -310,43 +376,76 @@ class Testbed:
                                    host=host if host is not None else LOOPBACK[transport],
                                    path=path or "")
 
+    def program_of(self, argv: Sequence[str]) -> Program:
+        """The declared program `argv` runs (the client or the server, for its
+        timeout_scale and env): the one whose command line starts the same way,
+        placeholders aside — the server's on a tie (usage runs drop arguments)."""
+        best: tuple[int, Program] | None = None
+        for program in (self.target.server, self.target.client):
+            if program is None:
+                continue
+            for template in {program.argv, *program.transport_argv.values()}:
+                literal = [_literal(a) for a in template]
+                same = 0
+                for want, got in zip(literal, argv, strict=False):
+                    if want is None or want != got:
+                        break
+                    same += 1
+                if best is None or same > best[0]:
+                    best = (same, program)
+        if best is None:
+            raise Inconclusive("the target declares no program")
+        return best[1]
+
     def spawn_client(self, argv: Sequence[str], *, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (), name: str = "client"
-                     ) -> tuple[Proc, Path | None]:
+                     injections: Sequence[strace.Injection] = (), name: str = "client",
+                     program: Program | None = None) -> tuple[Proc, Path | None]:
+        """Start `argv` (a client, or a server meant to exit by itself) with its
+        program's environment; returns it and its trace log."""
+        program = program or self.program_of(argv)
         log = None
         cmd = list(argv)
         if trace or injections:
             self.need_strace()
             log = self._trace_log(name)
-            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
-        return self.runner.spawn(cmd, name=name, cwd=self.target.base_dir), log
+            cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
+        proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
+                                 env=program_env(program))
+        return proc, log
 
     def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
-            injections: Sequence[tracing.Injection] = (), name: str = "client") -> ClientRun:
-        """Run a program to its end (killed after `timeout`): a client, or a server
-        that is expected to exit by itself (usage, bad port, bind failure)."""
+            injections: Sequence[strace.Injection] = (), name: str = "client",
+            program: Program | None = None) -> ClientRun:
+        """Run a program to its end (killed after `timeout` s, times its
+        timeout_scale, and under strace times strace's slowdown): a client, or a
+        server that is expected to exit by itself (usage, bad port, bind failure)."""
+        program = program or self.program_of(argv)
+        limit = timeout * timeout_scale(program)
+        if trace or injections:
+            limit *= strace.slowdown()
         t0 = time.monotonic()
-        proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name)
-        rc = proc.wait(timeout)
+        proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name,
+                                      program=program)
+        rc = proc.wait_group(limit)
         timed_out = rc is None
         if timed_out:
             if log is not None:
                 kill_tracees(proc)
             proc.kill()
-        return ClientRun(proc, rc, timed_out, log, time.monotonic() - t0)
+        return ClientRun(proc, rc, timed_out, log, time.monotonic() - t0, limit)
 
     # -- evidence -------------------------------------------------------------------------
 
     def require_wire(self) -> None:
-        """Skip now (not halfway through) when the wire cannot be seen here."""
+        """Inconclusive now (not halfway through) when the wire cannot be seen here."""
         if self.capture is None:
-            pytest.skip(f"wire evidence unavailable: {self.capture_reason}")
+            raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
 
     def wire(self) -> Capture:
-        """The capture so far, stopped and ready to dissect; skips the check with
-        the reason when the wire cannot be seen here."""
+        """The capture so far, stopped and ready to dissect; Inconclusive with the
+        reason when the wire cannot be seen here."""
         if self.capture is None:
-            pytest.skip(f"wire evidence unavailable: {self.capture_reason}")
+            raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
         self.capture.stop()
         return self.capture
 
@@ -379,11 +478,11 @@ class Testbed:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
 
 
-def kill_tracees(strace: Proc, timeout: float = 5.0) -> None:
+def kill_tracees(tracer: Proc, timeout: float = 5.0) -> None:
     """SIGKILL every process strace traces (its descendants), then wait up to
     `timeout` for strace to log their deaths and end by itself."""
     try:
-        tracees = psutil.Process(strace.pid).children(recursive=True)
+        tracees = psutil.Process(tracer.pid).children(recursive=True)
     except psutil.Error:
         return
     for p in tracees:
@@ -391,7 +490,7 @@ def kill_tracees(strace: Proc, timeout: float = 5.0) -> None:
             p.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
-    strace.wait(timeout)
+    tracer.wait(timeout)
 
 
 _SCRATCH: dict[str, Path] = {}
@@ -406,6 +505,14 @@ def scratch(prefix: str = "sockconf-", *, short: bool = False) -> Path:
         _SCRATCH[prefix] = d
         on_exit(lambda: shutil.rmtree(d, ignore_errors=True))
     return _SCRATCH[prefix]
+
+
+def _literal(arg: str) -> str | None:
+    """A program argument as it is run when it is a literal or `{python}`; None
+    for one that carries another placeholder."""
+    if arg == "{python}":
+        return sys.executable
+    return None if "{" in arg else arg
 
 
 def lines(data: bytes) -> list[str]:

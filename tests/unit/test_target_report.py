@@ -75,8 +75,10 @@ def test_resolve_precedence_and_builtin() -> None:
         builtin("nope")
 
 
-def _rec(cid: str, outcome: str, suite_error: bool = False) -> report.TestRecord:
-    return report.TestRecord(f"n::{cid}::{outcome}", cid, outcome, suite_error=suite_error)
+def _rec(cid: str, outcome: str, suite_error: bool = False, kind: str = "",
+         message: str = "") -> report.TestRecord:
+    return report.TestRecord(f"n::{cid}::{outcome}{kind}", cid, outcome, suite_error=suite_error,
+                             kind=kind, message=message)
 
 
 def test_verdict_is_worst_outcome_and_gaps_are_skips() -> None:
@@ -85,17 +87,96 @@ def test_verdict_is_worst_outcome_and_gaps_are_skips() -> None:
         _rec("LIFE-4", "passed"), _rec("LIFE-4", "failed"),       # MUST fail
         _rec("LIFE-5", "failed"),                                  # SHOULD: warn
         _rec("HELLO-1", "passed"), _rec("HELLO-1", "skipped"),     # partly unverified: skip
-        _rec("LIFE-0", "failed", suite_error=True),                # our bug: not-testable
+        _rec("LIFE-0", "failed", suite_error=True),                # our bug: error
     ])
     v = {r.clause.id: r.verdict for r in results}
     assert v == {"LIFE-4": "fail", "LIFE-5": "warn", "HELLO-1": "skip", "CLI-1": "skip",
-                 "LIFE-0": "not-testable"}
-    assert not report.conformant(results, strict=False)
+                 "LIFE-0": "error"}
+    assert report.conformant(results, strict=False) is False
     assert report.suite_failed(results)
     only_warn = report.judge([clauses.BY_ID["LIFE-5"]], [_rec("LIFE-5", "failed")])
     assert report.conformant(only_warn, strict=False)
     assert not report.conformant(only_warn, strict=True)
     doc = report.to_json(results, target={"name": "t", "profile": "hello", "file": None}, strict=False)
-    assert doc["summary"] == {"pass": 0, "fail": 1, "warn": 1, "skip": 2, "not-testable": 1}
+    assert doc["summary"] == {"pass": 0, "fail": 1, "warn": 1, "skip": 2, "not-testable": 0,
+                              "error": 1}
     gap = next(c for c in doc["clauses"] if c["id"] == "CLI-1")
     assert gap["tests"] == [] and "no check" in gap["reason"]
+    assert doc["complete"] is False     # HELLO-1, CLI-1: MUST clauses not judged
+
+
+def test_error_outranks_fail_and_leaves_conformance_unknown() -> None:
+    life4 = [clauses.BY_ID["LIFE-4"]]
+    both = report.judge(life4, [_rec("LIFE-4", "failed"), _rec("LIFE-4", "error", True)])
+    assert both[0].verdict == "error"
+    # A failure elsewhere still makes the run non-conformant; an error alone
+    # leaves it unknown (None), never "conformant".
+    assert report.conformant(both + report.judge([clauses.BY_ID["LIFE-1"]],
+                                                 [_rec("LIFE-1", "failed")]), False) is False
+    assert report.conformant(both, strict=False) is None
+    line = report.terminal_lines(both, target={"name": "t", "profile": "hello"}, strict=False)[-1]
+    assert "NO VERDICT" in line and "SUITE ERROR" in line
+
+
+def test_not_applicable_never_lowers_a_judged_clause() -> None:
+    echo5, life4 = clauses.BY_ID["ECHO-5"], clauses.BY_ID["LIFE-4"]
+    na = "the target does not declare option 'oobinline'"
+    results = report.judge([echo5, life4], [
+        _rec("ECHO-5", "passed"), _rec("ECHO-5", "skipped", kind="not-applicable", message=na),
+        _rec("LIFE-4", "skipped", kind="not-applicable", message=na),
+    ])
+    assert [r.verdict for r in results] == ["pass", "skip"]
+    assert results[1].reason == na and results[1].not_applicable
+    # Nothing that applies was left unjudged: the run is complete.
+    assert report.complete(results)
+    # A real skip of a MUST clause is not: INCOMPLETE, with the reason.
+    skipped = report.judge([life4], [_rec("LIFE-4", "skipped", kind="skip",
+                                          message="strace is not installed")])
+    assert not report.complete(skipped)
+    last = report.terminal_lines(skipped, target={"name": "t", "profile": "hello"},
+                                 strict=False)[-1]
+    assert last.strip() == ("CONFORMANT, INCOMPLETE: 1 MUST clause not judged "
+                            "(LIFE-4: strace is not installed)")
+    # A gap the target does not declare is not-applicable; one of the suite's is not.
+    gaps = report.judge([clauses.BY_ID["OPT-LINGER"], clauses.BY_ID["OPT-DEBUG"]], [], {
+        "OPT-LINGER": ("the target does not declare option 'linger'", "not-applicable"),
+        "OPT-DEBUG": ("no check implements this option clause yet", "skip")})
+    assert [r.unjudged for r in gaps] == [False, True]
+
+
+def test_combine_keeps_completeness_and_environment() -> None:
+    env = {"kernel": "6.1", "strace": None}
+    life4 = [clauses.BY_ID["LIFE-4"]]
+    one = report.to_json(report.judge(life4, [_rec("LIFE-4", "passed")]),
+                         target={"name": "a", "profile": "hello", "file": None}, strict=False,
+                         environment=env)
+    two = report.to_json(report.judge(life4, [_rec("LIFE-4", "skipped", kind="skip")]),
+                         target={"name": "a", "profile": "echo", "file": None}, strict=False,
+                         environment=env)
+    doc = report.combine({"hello": one, "echo": two}, strict=False)
+    assert doc["complete"] is False and doc["environment"] == env
+    assert doc["summary"]["skip"] == 1 and doc["conformant"] is True
+    assert "INCOMPLETE" in report.headline_of(doc)
+
+
+def test_target_env_and_timeout_scale(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text('profile = "hello"\n[server]\nargv = ["./srv", "{port}"]\ntimeout_scale = 3\n'
+                 '[server.env]\nJAVA_OPTS = "-Xmx64m"\n[client]\nargv = ["./cli"]\n')
+    t = load_file(f)
+    assert t.server is not None and t.client is not None
+    assert t.server.env == {"JAVA_OPTS": "-Xmx64m"} and t.server.timeout_scale == 3.0
+    assert t.client.env == {} and t.client.timeout_scale == 1.0
+    scaled = t.scaled(2)
+    assert scaled.server is not None and scaled.client is not None
+    assert scaled.server.timeout_scale == 6.0 and scaled.client.timeout_scale == 2.0
+    with pytest.raises(TargetFileError, match="--timeout-scale"):
+        t.scaled(0.5)
+    for bad, needle in (("timeout_scale = 0.5", "timeout_scale must be a number from 1"),
+                        ("timeout_scale = 'x'", "timeout_scale must be a number from 1"),
+                        ("env = 'A=1'", "env] must be a table"),
+                        ("env = {A = 1}", "env.A must be a string"),
+                        ("env = {'A=B' = '1'}", "not an environment variable name")):
+        f.write_text(f'profile = "hello"\n[server]\nargv = ["./srv"]\n{bad}\n')
+        with pytest.raises(TargetFileError, match=re.escape(needle)):
+            load_file(f)
