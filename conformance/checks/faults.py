@@ -122,7 +122,7 @@ def _connection_points(trace: Trace, listener: int) -> dict[str, Point]:
     """In a trace attached to a running server: the first read and write on the
     connection accepted from the listener, counted from the attach in that
     thread, as an injection attached the same way counts them."""
-    conns = _accepted(trace, {listener})
+    conns = _accepted(trace, {listener}, attached=True)
     return _points(trace.calls, {"read": _first(trace.calls, READ_CALLS, conns),
                                  "write": _first(trace.calls, WRITE_CALLS, conns)})
 
@@ -151,9 +151,21 @@ def _points(calls: list[Call], found: dict[str, Call | None]) -> dict[str, Point
     return out
 
 
-def _accepted(trace: Trace, listeners: set[int]) -> set[int]:
-    return {c.ret_inode for c in trace.calls if c.name in ACCEPT_CALLS and c.inode in listeners
-            and c.ret_inode is not None}
+def _accepted(trace: Trace, listeners: set[int], attached: bool = False) -> set[int]:
+    """The connections accepted from `listeners`.  In a log attached to a running
+    server, the accept() the server was blocked in may be missing (strace attached
+    in the middle of it; seen under load): a socket served by a thread or process
+    born after the attach, which the log does not show created, was handed to it
+    by the accepting thread — a runtime's own sockets predate the attach and are
+    served by threads that do too."""
+    out = {c.ret_inode for c in trace.calls if c.name in ACCEPT_CALLS and c.inode in listeners
+           and c.ret_inode is not None}
+    if attached:
+        created = {c.ret_inode for c in trace.calls if c.ret_inode is not None}
+        out |= {c.inode for c in trace.calls if c.inode is not None and c.pid in trace.parents
+                and c.name in (*READ_CALLS, *WRITE_CALLS) and c.inode not in created
+                and c.inode not in listeners}
+    return out
 
 
 def _listener_inode(srv: Server) -> int:
@@ -226,11 +238,13 @@ def point(points: dict[str, Point], step: str, who: str) -> Point:
 class Endpoint:
     """The target's lifecycle socket as the suite knows it from outside: the port
     or AF_UNIX path under test (the server's, or with `peer` the client's peer's),
-    and the listener's inode when readiness saw it."""
+    and the listener's inode when readiness saw it (`attached`: the trace starts
+    at an attach to the running server)."""
     port: int | None = None
     path: str | None = None
     listener: int | None = None
     peer: bool = False
+    attached: bool = False  # the trace starts at an attach to the running server
 
 
 @dataclass
@@ -289,7 +303,7 @@ def _lands(c: Call, step: str, trace: Trace, at: Endpoint, point: Point | None) 
         listeners.add(at.listener)
     if step in ("listen", "accept"):
         return c.inode in listeners
-    return c.inode in _accepted(trace, listeners)
+    return c.inode in _accepted(trace, listeners, attached=at.attached)
 
 
 # -- injected runs ------------------------------------------------------------------------------

@@ -321,7 +321,8 @@ def _eintr_in_connection(bed: Testbed, step: str) -> Pass:
     if srv.trace_log is None:
         raise RuntimeError("an attached trace without its log")
     fault = faults.Fault.observe(inj, step, parse(srv.trace_log),
-                                 faults.Endpoint(srv.port, srv.path, listener), point)
+                                 faults.Endpoint(srv.port, srv.path, listener, attached=True),
+                                 point)
     require(fault)
     if not _same_exchange(got, base.received):
         raise Violation(f"EINTR in the connection's {step}(): the client got {got.describe()}; "

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conformance import evidence
-from conformance.checks import faults, support
+from conformance.checks import faults, profiles, support
 from conformance.checks.faults import point_of
 from conformance.harness import lifecycle, strace, syscalls
 from conformance.harness.netns import Isolation
@@ -978,7 +978,7 @@ def test_traced_server_ends_on_sigterm_through_its_handler(tmp_path: Path) -> No
     bed = Testbed(builtin("reference-echo"), Isolation("host", False, "unit test"), tmp_path)
     try:
         srv = bed.start_server("tcp4", trace=True)
-        assert support.exchange(bed, srv).data == support.ECHO_PROBE
+        assert support.exchange(bed, srv).data == profiles.ECHO_PROBE
         rc = support.finish(bed, srv)
     finally:
         bed.close()
@@ -989,3 +989,22 @@ def test_traced_server_ends_on_sigterm_through_its_handler(tmp_path: Path) -> No
     closes = [c for c in t.calls if c.name == "close" and c.inode == srv.listener.entry.inode]
     assert closes and closes[-1].line > term[0].line
     assert t.exits[t.root_pid] == 0 and not t.killed
+
+
+def test_attached_log_may_miss_the_accept_it_started_in() -> None:
+    """strace attached to a server blocked in accept() may not log that accept
+    (seen under load): the connection is then the socket a thread born after the
+    attach serves, which the log does not show created."""
+    log = _lines(
+        "clone3({flags=CLONE_VM|CLONE_FILES|CLONE_THREAD}, 88) = 12",
+        "accept4(3<socket:[1]>,  <unfinished ...>",
+        "read(7<socket:[70]>, 0x1, 9) = -1 EINTR (Interrupted system call) (INJECTED)") + _lines(
+        'recvfrom(4<socket:[2]>, 0x1, 9, 0, NULL, NULL) = -1 EINTR (Interrupted system call) (INJECTED)',
+        pid=12)
+    at = faults.Endpoint(port=5000, listener=1, attached=True)
+    inj = Injection(("read", "recvfrom"), "EINTR")
+    fault = faults.Fault.observe(inj, "read", syscalls.parse_text(log), at)
+    assert fault.hit is not None and fault.hit.line == 4
+    # a socket served by a thread that predates the attach (a runtime's own) is not it
+    old = log.replace("12 recvfrom", "9 recvfrom")
+    assert not faults.Fault.observe(inj, "read", syscalls.parse_text(old), at).landed
