@@ -19,7 +19,6 @@ gives `skip` "fault did not land", never a verdict.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from conformance.checks import support
 from conformance.evidence import Doubt, Inconclusive
@@ -317,7 +316,6 @@ class FaultRun:
     stdout: bytes
     stderr: bytes
     still_listening: list[SockEntry] = field(default_factory=list)
-    log: Path | None = None
 
     @property
     def error_lines(self) -> list[str]:
@@ -371,7 +369,7 @@ def server_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
         raise RuntimeError("an injected server without its log")
     fault = Fault.observe(inj, step, parse(srv.trace_log), Endpoint(srv.port, srv.path), p)
     run = FaultRun(fault, rc, srv.proc.status() if rc is not None else "still running",
-                   srv.proc.stdout(), srv.proc.stderr(), left, srv.trace_log)
+                   srv.proc.stdout(), srv.proc.stderr(), left)
     _runs[key] = run
     return run
 
@@ -391,6 +389,6 @@ def client_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
         raise RuntimeError("an injected client run without its log")
     fault = Fault.observe(inj, step, parse(run.trace_log), Endpoint(port=peer.port, peer=True), p)
     out = FaultRun(fault, run.rc, run.proc.status() if not run.timed_out else "still running",
-                   run.stdout, run.stderr, [], run.trace_log)
+                   run.stdout, run.stderr)
     _runs[key] = out
     return out
