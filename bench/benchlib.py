@@ -21,7 +21,7 @@ def build_hello(dest: Path, names: Sequence[str] = ("good_server", "good_client"
                 *, cc: str | None = None) -> Path:
     """Compile fixtures/hello/src/NAME.c into DEST/bin/NAME and copy
     fixtures/hello/targets/good.toml into DEST/targets/ (the layout of the tests'
-    `hello_build` fixture, so the target file's ``../bin/NAME`` paths resolve).
+    `fixtures_built` fixture, so the target file's ``../bin/NAME`` paths resolve).
     Returns DEST."""
     cc = cc or shutil.which("cc") or shutil.which("gcc")
     if cc is None:

@@ -38,6 +38,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "dontroute": (),
     "debug": (),
 }
+# The options that apply to the hello client (REQUIREMENTS.md, OPT table).
+CLIENT_OPTIONS = ("linger", "keepalive", "rcvbuf", "sndbuf", "dontroute", "debug")
 # Placeholders allowed in a program's argv.  {python} is our extension: the
 # interpreter running sockconf, handy for targets written in Python.
 PROGRAM_PLACEHOLDERS = ("port", "host", "path", "data", "python")
@@ -211,8 +213,12 @@ def _program(table: Any, where: str, profile: str, side: str) -> Program:
                     f"{where}.options.{name}: placeholder(s) {sorted(bad)} not allowed "
                     f"(allowed: {list(OPTIONS[name]) or 'none'})")
         options[name] = items
-    if side == "client" and options:
-        raise TargetFileError(f"[{where}.options] is only defined for servers")
+    if side == "client":
+        not_client = sorted(set(options) - set(CLIENT_OPTIONS))
+        if not_client:
+            raise TargetFileError(
+                f"[{where}.options] {', '.join(map(repr, not_client))} do(es) not apply to a client "
+                f"(client options: {', '.join(CLIENT_OPTIONS)})")
     for t in transport_argv:
         if t not in transports:
             raise TargetFileError(f"{where}.transport_argv.{t}: {t!r} is not in {where}.transports")

@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,8 +51,28 @@ def fixtures_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
 
 @pytest.fixture(scope="session")
-def hello_build(fixtures_built: Callable[[str], Path]) -> Path:
-    return fixtures_built("hello")
+def polyglot_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[str, Any]], Path]:
+    """fixtures/polyglot copied to T once; each fixture's Makefile goal built there
+    once.  A fixture whose runtime (`needs`) is missing skips with the reason."""
+    out = tmp_path_factory.mktemp("polyglot-fixtures") / "polyglot"
+    shutil.copytree(FIXTURES / "polyglot", out, ignore=shutil.ignore_patterns("bin", "classes"))
+    built: set[str] = set()
+
+    def build(fx: dict[str, Any]) -> Path:
+        missing = [p for p in fx["needs"] if shutil.which(p) is None]
+        if missing:
+            pytest.skip(f"{fx['name']}: {', '.join(missing)} not installed (not on PATH)")
+        goal = fx["build"]
+        if goal and goal not in built:
+            if shutil.which("make") is None:
+                pytest.skip(f"{fx['name']}: make is not installed (needed to build {goal!r})")
+            res = subprocess.run(["make", "-C", str(out), goal], capture_output=True, text=True,
+                                 timeout=600)
+            assert res.returncode == 0, f"make {goal} failed:\n{res.stdout}\n{res.stderr}"
+            built.add(goal)
+        return out
+
+    return build
 
 
 def _weight(item: pytest.Item) -> int:

@@ -26,8 +26,15 @@ def manifest(profile: str) -> list[dict[str, Any]]:
     return [fx | {"profile": profile} for fx in tomllib.loads(path.read_text())["fixture"]]
 
 
-def hello_manifest() -> list[dict[str, Any]]:
-    return manifest("hello")
+def polyglot_manifest() -> list[dict[str, Any]]:
+    """fixtures/polyglot/fixtures.toml: legal programs in other runtimes, each with
+    the profile its target file declares and `family` "polyglot"."""
+    root = FIXTURES / "polyglot"
+    out = []
+    for fx in tomllib.loads((root / "fixtures.toml").read_text())["fixture"]:
+        profile = tomllib.loads((root / fx["target"]).read_text())["profile"]
+        out.append(fx | {"profile": profile, "family": "polyglot"})
+    return out
 
 
 @dataclass

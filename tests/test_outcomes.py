@@ -239,6 +239,23 @@ def test_artifacts_kept_and_a_failure_to_keep_them_is_an_error(tmp_path: Path) -
     assert 'href="../art/HELLO-1/test_fails_with_evidence/server.stderr"' in page
 
 
+def test_a_worker_that_dies_in_a_check_is_a_suite_error(tmp_path: Path) -> None:
+    checks = """
+    import os
+
+    @clause("HELLO-1")
+    def test_dies():
+        os._exit(17)
+
+    @clause("HELLO-1")
+    def test_passes():
+        return Pass("13 bytes, then FIN")
+    """
+    rc, out, doc = _run(tmp_path, checks, "HELLO-1", extra=("-n", "1"))
+    assert rc == 3, out
+    assert "crashed" in out and "CONFORMANT" not in out.replace("NOT CONFORMANT", ""), out
+
+
 def test_harness_violation_in_teardown_is_an_error(tmp_path: Path) -> None:
     # The fixture stands for the harness: its Violation while cleaning up is not
     # a judgement of the target (only a check's own code may judge in teardown).

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from conformance.checks import support
-from conformance.evidence import Doubt, Inconclusive
+from conformance.evidence import Doubt, Inconclusive, require
 from conformance.harness import peers
 from conformance.harness.inspect import SockEntry, listening
 from conformance.harness.strace import Injection, slowdown
@@ -219,6 +219,7 @@ def client_baseline(bed: Testbed) -> Baseline:
             peer.wait(5.0)
         if run.trace_log is None:
             raise RuntimeError("a traced client run without its log")
+        require(run)  # strace ran the program
         points = _client_points(parse(run.trace_log), peer.port)
         _baselines[key] = Baseline(points, None, run.rc, run.stdout)
     return _baselines[key]
@@ -387,6 +388,7 @@ def client_fault(bed: Testbed, step: str, errno_: str) -> FaultRun:
                       name=f"client-{step}-{errno_}")
     if run.trace_log is None:
         raise RuntimeError("an injected client run without its log")
+    require(run)  # strace ran the program
     fault = Fault.observe(inj, step, parse(run.trace_log), Endpoint(port=peer.port, peer=True), p)
     out = FaultRun(fault, run.rc, run.proc.status() if not run.timed_out else "still running",
                    run.stdout, run.stderr)

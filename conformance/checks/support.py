@@ -10,14 +10,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from conformance.checks import profiles
-from conformance.evidence import Inconclusive
+from conformance.evidence import Inconclusive, Pass, require
 from conformance.harness import peers
-from conformance.harness.testbed import ClientRun, Server, Testbed, Violation, lines
+from conformance.harness.testbed import (
+    STREAM_TRANSPORTS,
+    ClientRun,
+    Server,
+    Testbed,
+    Violation,
+    lines,
+)
 
 GREETING = peers.GREETING
 CLIENT_OUTPUT = b"Message from server: Hello World! \n"
@@ -101,8 +108,9 @@ def _module_files(module: str, base_dir: Path) -> set[str]:
     return out
 
 
-def expect_usage(run: ClientRun, names: set[str], rest: str) -> str:
-    """The usage line on stdout and exit 1; returns what was seen, for the evidence."""
+def expect_usage(run: ClientRun, names: set[str], rest: str) -> Pass:
+    """The usage line on stdout and exit 1; the Pass cites the run."""
+    require(run)  # a run strace never started says nothing about the program
     wanted = {f"Usage : {n} {rest}\n".encode() for n in names}
     if run.timed_out:
         raise Violation(f"expected the usage line and exit 1; the program was still running: {run.describe()}")
@@ -111,11 +119,13 @@ def expect_usage(run: ClientRun, names: set[str], rest: str) -> str:
         raise Violation(f"expected stdout {shown!r}, saw {run.stdout[:200]!r} (stderr {run.stderr[:120]!r})")
     if run.rc != 1:
         raise Violation(f"usage printed, but {run.proc.status()} (expected exit status 1)")
-    return f"printed {run.stdout.decode(errors='replace').rstrip()!r}"
+    return Pass(f"printed {run.stdout!r} and exited 1", run)
 
 
-def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> None:
-    """exit 1 with `message` as a line of stderr (error_handling), stdout empty."""
+def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> Pass:
+    """exit 1 with `message` as a line of stderr (error_handling), stdout empty;
+    the Pass cites the run."""
+    require(run)  # a run strace never started says nothing about the program
     if run.timed_out:
         raise Violation(f"expected {message!r} and exit 1; still running: {run.describe()}")
     if message not in lines(run.stderr):
@@ -124,6 +134,8 @@ def expect_error(run: ClientRun, message: str, *, stdout_empty: bool = True) -> 
         raise Violation(f"reported {message!r} but {run.proc.status()} (expected exit status 1)")
     if stdout_empty and run.stdout:
         raise Violation(f"stdout must stay empty on an error, saw {run.stdout[:200]!r}")
+    return Pass(f"{message!r} on stderr, exit status 1"
+                + (", stdout empty" if stdout_empty else ""), run)
 
 
 # -- the profile's normal exchange -------------------------------------------------------------
@@ -132,9 +144,9 @@ def stream_transport(bed: Testbed) -> str:
     """The transport of the generic (not transport-specific) server checks: a
     stream one, since they judge connections; skip for a datagram-only target."""
     program = bed.server_program
-    for t in ("tcp4", "tcp6", "unix"):
-        if t in program.transports:
-            return t
+    transport = bed.primary(program)
+    if transport in STREAM_TRANSPORTS:
+        return transport
     raise Inconclusive(f"the target declares no stream transport "
                        f"(only {', '.join(program.transports)})")
 
@@ -259,41 +271,3 @@ def hold_port(transport: str, port: int) -> socket.socket:
 def settle(seconds: float = 0.05) -> None:
     """Let in-flight segments land before the capture is judged."""
     time.sleep(seconds)
-
-
-# -- fuzzing -------------------------------------------------------------------------------
-
-# How long hypothesis may shrink a failure of one of our fuzz checks, by profile:
-# the default ci profile keeps a broken target's run short, the longer ones get
-# a smaller example.
-SHRINK_S = {"ci": 30, "dev": 60, "nightly": 300}
-
-
-def run_fuzz(test: Callable[[], None]) -> None:
-    """Run a hypothesis test of ours.
-
-    Shrinking is bounded by SHRINK_S: hypothesis' own bound (5 min) is made for
-    in-process tests, ours replay hundreds of examples against a server; the engine
-    documents MAX_SHRINKING_SECONDS as the knob to patch.  A failure that does not
-    happen again when hypothesis replays it (a nondeterministic server) is still the
-    target's failure: it is reported as such, not as a suite error."""
-    from hypothesis import settings
-    from hypothesis.errors import FlakyFailure
-    from hypothesis.internal.conjecture import engine
-    saved = engine.MAX_SHRINKING_SECONDS
-    # (get_current_profile_name is recent hypothesis; older ones get the ci bound.)
-    profile = getattr(settings, "get_current_profile_name", lambda: "ci")()
-    engine.MAX_SHRINKING_SECONDS = SHRINK_S.get(profile, 60)
-    try:
-        test()
-    except FlakyFailure as e:
-        seen = next((x for x in e.exceptions if isinstance(x, Violation)), None)
-        if seen is None:
-            raise
-        once = Violation(f"{seen} (this happened, but not again when hypothesis replayed "
-                         "the same requests: the server behaves nondeterministically)")
-        for note in getattr(seen, "__notes__", []):
-            once.add_note(note)
-        raise once from e
-    finally:
-        engine.MAX_SHRINKING_SECONDS = saved

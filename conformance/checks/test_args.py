@@ -8,10 +8,10 @@ from conformance.checks import support
 from conformance.clauses import clause, client_side
 from conformance.evidence import Inconclusive, Observation, Pass
 from conformance.harness import strace, syscalls
-from conformance.harness.testbed import Testbed, Violation, timeout_scale
+from conformance.harness.testbed import Testbed, Violation
 
 
-def _no_socket_opened(run: support.ClientRun, path: str | None, shown: str) -> Pass:
+def _no_socket_opened(run: support.ClientRun, path: str | None, usage: Pass) -> Pass:
     """The 'opens no socket' half, judged from the strace log of the same run:
     no internet socket and nothing at the suite's AF_UNIX path (a runtime's own
     sockets — nscd, socketpairs, netlink — do not count)."""
@@ -23,8 +23,8 @@ def _no_socket_opened(run: support.ClientRun, path: str | None, shown: str) -> P
         c = opened[0]
         raise Violation(f"opened a socket before/while printing usage: line {c.line}: "
                         f"{c.name}({c.args[:100]})")
-    return Pass(f"{shown}, exit 1; the trace shows no internet socket"
-                + (f" and nothing at {path}" if path else ""), trace)
+    return Pass.all([usage, Pass("the trace shows no internet socket"
+                                 + (f" and nothing at {path}" if path else ""), trace)])
 
 
 def _traced() -> bool:
@@ -45,9 +45,9 @@ def test_server_usage(bed: Testbed, count: int) -> Pass:
         argv = full + ["extra"]
     run = bed.run(argv, timeout=5.0, trace=_traced(),
                   name="server")
-    shown = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
+    usage = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
                                  "<port>")
-    return _no_socket_opened(run, path, shown)
+    return _no_socket_opened(run, path, usage)
 
 
 @client_side
@@ -67,9 +67,9 @@ def test_client_usage(bed: Testbed, count: int) -> Pass:
         argv = full + ["extra"]
     run = bed.run(argv, timeout=5.0, trace=_traced(),
                   name="client")
-    shown = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
+    usage = support.expect_usage(run, support.program_names(full, template, bed.target.base_dir),
                                  "<IP> <port>")
-    return _no_socket_opened(run, path, shown)
+    return _no_socket_opened(run, path, usage)
 
 
 BAD_PORTS = ["abc", "0", "-1", "65536", "70000", "12ab", ""]
@@ -83,7 +83,7 @@ def test_server_bad_port(bed: Testbed, port: str) -> Pass:
     if not any("{port}" in a for a in prog.argv_for(transport)):
         raise Inconclusive("the server's command line takes no {port}", "not-applicable")
     srv = bed.spawn_server(bed.server_argv(transport, port, None), transport=transport)
-    what, value = bed.exit_or_listen(srv.proc, 3.0 * timeout_scale(prog))
+    what, value = bed.exit_or_listen(srv.proc, 3.0 * prog.timeout_scale)
     if what == "listen":
         where = ", ".join(f"{e.local}" for e in value)  # type: ignore[attr-defined]
         raise Violation(f"given port {port!r} it listens ({where}) instead of refusing it")

@@ -64,9 +64,9 @@ def test_bind_failure(bed: Testbed) -> Pass:
     if run.timed_out:
         raise Violation(f"port {port} held by another listener: still running after 2 s; "
                         f"expected 'bind() error' and exit 1; stderr={run.stderr[:200]!r}")
-    support.expect_error(run, "bind() error")
+    reported = support.expect_error(run, "bind() error")
     return Pass(f"port {port} held by another listener: 'bind() error', exit 1, empty stdout, "
-                f"after {took:.2f} s")
+                f"after {took:.2f} s", *reported.observations)
 
 
 # -- ERR-2 ------------------------------------------------------------------------------------
@@ -81,8 +81,7 @@ def test_connect_refused(bed: Testbed) -> Pass:
     else:
         argv = bed.client_argv(transport, bed.free_port(transport))
     run = bed.run(argv, timeout=5.0)
-    support.expect_error(run, "connect() error!")
-    return Pass("nothing listening: 'connect() error!', exit 1, empty stdout")
+    return support.expect_error(run, "connect() error!")
 
 
 # -- ERR-3 ------------------------------------------------------------------------------------
@@ -105,10 +104,11 @@ def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> Pass:
         raise Violation(f"server sent {nbytes} byte(s) then {end}: the client printed "
                         f"{run.stdout[:100]!r} (a partial greeting must never be printed)")
     try:
-        support.expect_error(run, "read() error!")
+        reported = support.expect_error(run, "read() error!")
     except Violation as v:
         raise Violation(f"server sent {nbytes} byte(s) then {end}: {v}") from None
-    return Pass(f"server sent {nbytes} byte(s) then {end}: 'read() error!', exit 1, nothing printed")
+    return Pass(f"server sent {nbytes} byte(s) then {end}: 'read() error!', exit 1, nothing "
+                "printed", *reported.observations)
 
 
 # -- ERR-4 ------------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ import socket
 import time
 
 from conformance.checks import profiles, support
-from conformance.checks.options import connected, declared, tcp_transport
+from conformance.checks.options import (
+    KEEPALIVE,
+    LATE_FACTOR,
+    LATE_S,
+    connected,
+    declared,
+    judge_probes,
+    tcp_transport,
+)
 from conformance.checks.test_life import _stop_while_connected
 from conformance.clauses import clause
 from conformance.evidence import Inconclusive, Pass, Violation, require
@@ -20,30 +28,25 @@ from conformance.harness import inspect, packets, peers, sockopts
 from conformance.harness.firewall import Silence
 from conformance.harness.testbed import Server, Testbed
 
-KEEPALIVE = (1, 1, 2)       # idle, interval, count: the suite's values
-LATE_FACTOR, LATE_S = 1.15, 0.1   # timing tolerance: +15 % + 0.1 s late ...
-EARLY_S = 0.02              # ... never early (only the capture's timestamp jitter)
-
-
 # -- shared ---------------------------------------------------------------------------------------
 
-def _time_wait(port: int, transport: str) -> list[dict[str, object]]:
-    return [r for r in inspect.tcp_diag(port, transport, local_only=True)
+def _time_wait(port: int) -> list[dict[str, object]]:
+    return [r for r in inspect.tcp_diag(port, "tcp", local_only=True)
             if r["state"] == "TIME_WAIT"]
 
 
-def _server_closes_first(bed: Testbed, srv: Server, transport: str) -> sockopts.DiagRecord:
+def _server_closes_first(bed: Testbed, srv: Server) -> sockopts.DiagRecord:
     """One connection that the server closes first, so that the TIME_WAIT is on its
     side (hello: the one-shot exchange; concurrent: SIGTERM while connected)."""
     assert srv.port is not None
     if profiles.of(bed).one_shot:
         got = peers.fetch_greeting(srv.transport, srv.port, None, timeout=5.0)
-        if srv.proc.wait(5.0) is None:
+        if srv.wait_exit(5.0) is None:
             raise Inconclusive(f"the server did not exit after one client ({got.describe()}): "
                                "LIFE-3's concern")
     else:
         _stop_while_connected(bed, srv)
-    waiting = _time_wait(srv.port, transport)
+    waiting = _time_wait(srv.port)
     if not waiting:
         raise Inconclusive("the server did not close first (no TIME_WAIT on its side): "
                            "nothing to restart into")
@@ -64,7 +67,7 @@ def test_reuseaddr(bed: Testbed) -> Pass:
     first = bed.start_server(transport, options=on, name="first")
     port = first.port
     assert port is not None
-    tw = _server_closes_first(bed, first, transport)
+    tw = _server_closes_first(bed, first)
     restart = bed.start_server(transport, port=port, options=on, ready=False, name="restart")
     what, _ = bed.exit_or_listen(restart.proc, wait)
     if what != "listen":
@@ -76,17 +79,17 @@ def test_reuseaddr(bed: Testbed) -> Pass:
     if what == "listen":
         raise Violation(f"with reuseaddr, a second instance listens on port {port} beside the "
                         "running one: that is SO_REUSEPORT's behaviour, not SO_REUSEADDR's")
-    second.proc.kill()
+    second.kill()
     evidence = (f"restart during TIME_WAIT listened; a second instance beside it did not "
                 f"({second.proc.status()})")
     if bed.server_program.options["reuseaddr"]:
-        tw2 = _server_closes_first(bed, restart, transport)
+        tw2 = _server_closes_first(bed, restart)
         off = bed.start_server(transport, port=port, ready=False, name="without")
         what, _ = bed.exit_or_listen(off.proc, wait)
         if what == "listen":
             raise Violation(f"without the reuseaddr option a restart on port {port} during "
                             "TIME_WAIT listens too: the option is not what makes it work")
-        off.proc.kill()
+        off.kill()
         evidence += f"; without the option a restart during TIME_WAIT did not ({off.proc.status()})"
         return Pass(evidence, tw, tw2)
     return Pass(evidence, tw)
@@ -133,11 +136,11 @@ def test_linger_abort(bed: Testbed) -> Pass:
     finally:
         sock.close()
     if profiles.of(bed).one_shot:
-        srv.proc.wait(5.0)
+        srv.wait_exit(5.0)
     support.settle(0.1)
-    waiting = _time_wait(srv.port, transport)
-    wire = sockopts.Wire(bed.wire())
-    conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
+    waiting = _time_wait(srv.port)
+    wire = bed.wire()
+    conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
     from_server = [p for p in conv if p.src[1] == srv.port]
     fin = next((p for p in from_server if "F" in p.flags), None)
     rst = next((p for p in from_server if "R" in p.flags), None)
@@ -155,7 +158,7 @@ def test_linger_abort(bed: Testbed) -> Pass:
     if rst is None:
         raise Violation(f"with linger 0 the server sent neither FIN nor RST; socket saw "
                         f"{got.describe()}")
-    sent = b"".join(c.payload(from_server=True) for c in wire.capture.tcp_connections(srv.port)
+    sent = b"".join(c.payload(from_server=True) for c in wire.tcp_connections(srv.port)
                     if c.client[1] == peer[1])
     if got.end != "rst" or got.data != sent:
         raise Violation(f"with linger 0: the server sent {len(sent)} byte(s) then RST; our socket "
@@ -207,12 +210,12 @@ def _idle_connection(bed: Testbed, srv: Server) -> socket.socket:
     return session.sock
 
 
-def _armed(port: int, peer: tuple[str, int], transport: str, idle: int) -> sockopts.DiagRecord:
+def _armed(port: int, peer: tuple[str, int], idle: int) -> sockopts.DiagRecord:
     """Wait (well within `idle`) until sock_diag shows the server's socket with
     nothing unacknowledged and its keepalive timer running."""
     deadline = time.monotonic() + idle * 0.6
     while True:
-        rec = sockopts.connection_diag(port, peer, transport)
+        rec = sockopts.connection_diag(port, peer)
         r = rec.record
         if r is not None:
             unacked = (r.get("tcp_info") or {}).get("tcpi_unacked", 0)
@@ -227,46 +230,6 @@ def _armed(port: int, peer: tuple[str, int], transport: str, idle: int) -> socko
             raise Violation(f"with keepalive {' '.join(map(str, KEEPALIVE))}: the idle connection's "
                             f"timer is {r['timer']!r}, not keepalive (SO_KEEPALIVE not set?)")
         time.sleep(0.01)
-
-
-def _judge_probes(conv: list[packets.TcpPacket], port: int) -> tuple[list[packets.TcpPacket],
-                                                                      packets.TcpPacket, float]:
-    """The probes and the RST after the connection went idle, and the idle start."""
-    idle, interval, count = KEEPALIVE
-    from_server = [p for p in conv if p.src[1] == port]
-    rst = next((p for p in from_server if "R" in p.flags), None)
-    if rst is None:
-        raise Violation(f"no RST from the server after the peer stopped answering: "
-                        f"{[p.describe() for p in from_server[-4:]]}")
-    # A probe: a bare ACK without payload whose seq is one below what the peer
-    # acknowledged last (seq = snd_una - 1), so that the peer must answer it.
-    probes = []
-    acked = None
-    for p in conv:
-        if p.index >= rst.index:
-            break
-        if p.dst[1] == port and "A" in p.flags:
-            acked = p.ack
-        elif (p.src[1] == port and p.flags == "A" and p.payload_len == 0
-              and acked is not None and (p.seq + 1) % 2**32 == acked):
-            probes.append(p)
-    first = probes[0] if probes else rst
-    heard = [p for p in conv if p.dst[1] == port and p.index < first.index]
-    if not heard:
-        raise Inconclusive("no packet of the peer before the probes in the capture")
-    t0 = heard[-1].time  # keepalive counts from the last packet the server received
-    if len(probes) != count:
-        raise Violation(f"keepalive {idle} {interval} {count}: {len(probes)} probe(s) before the "
-                        f"RST, expected {count}: " + "; ".join(
-                            f"+{p.time - t0:.2f} s {p.describe()}" for p in [*probes, rst]))
-    due = [idle + k * interval for k in range(count + 1)]
-    for p, at in zip([*probes, rst], due, strict=True):
-        took = p.time - t0
-        if not at - EARLY_S <= took <= at * LATE_FACTOR + LATE_S:
-            raise Violation(f"keepalive {idle} {interval} {count}: {p.describe()} at +{took:.3f} s "
-                            f"after the last packet of the peer, expected +{at} s "
-                            f"(up to {at * LATE_FACTOR + LATE_S:.2f} s)")
-    return probes, rst, t0
 
 
 @clause("OPT-KEEPALIVE")
@@ -293,7 +256,7 @@ def test_keepalive(bed: Testbed) -> Pass:
         readings = [] if entry is None else [
             sockopts.read_option(entry, level, opt, f"{name} of the accepted socket")
             for name, level, opt, _ in names]
-        armed = _armed(srv.port, peer, transport, idle)
+        armed = _armed(srv.port, peer, idle)
         assert armed.record is not None
         due_ms = armed.record["expires_ms"]
         if due_ms > (idle * LATE_FACTOR + LATE_S) * 1000:
@@ -304,16 +267,16 @@ def test_keepalive(bed: Testbed) -> Pass:
         with Silence(peer[1], srv.port):
             deadline = time.monotonic() + limit
             while time.monotonic() < deadline:
-                if sockopts.connection_diag(srv.port, peer, transport).record is None:
+                if sockopts.connection_diag(srv.port, peer).record is None:
                     break
                 time.sleep(0.05)
-            gone = sockopts.connection_diag(srv.port, peer, transport).record is None
+            gone = sockopts.connection_diag(srv.port, peer).record is None
     finally:
         sock.close()
-    wire = sockopts.Wire(bed.wire())
+    wire = bed.wire()
     require(wire)
-    conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
-    probes, rst, t0 = _judge_probes(conv, srv.port)
+    conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
+    probes, rst, t0 = judge_probes(conv, srv.port)
     if not gone:
         raise Violation(f"the server still holds the connection {limit:.1f} s after its peer "
                         "stopped answering")
@@ -330,15 +293,15 @@ def test_keepalive(bed: Testbed) -> Pass:
 
 def _after_keepalive(bed: Testbed, srv: Server) -> str:
     if profiles.of(bed).one_shot:
-        rc = srv.proc.wait(5.0)
+        rc = srv.wait_exit(5.0)
         if rc is None:
             raise Violation("the one-shot server is still running 5 s after keepalive ended "
                             "its connection")
         if rc not in (0, 1):
-            raise Violation(f"after keepalive ended its connection the server {srv.proc.status()}")
-        return f"the one-shot server then {srv.proc.status()}"
-    if srv.proc.poll() is not None:
-        raise Violation(f"the server ended when keepalive dropped a connection: {srv.proc.status()}")
+            raise Violation(f"after keepalive ended its connection the server {srv.status()}")
+        return f"the one-shot server then {srv.status()}"
+    if not srv.running():
+        raise Violation(f"the server ended when keepalive dropped a connection: {srv.status()}")
     try:
         got = support.exchange(bed, srv)
     except OSError as e:

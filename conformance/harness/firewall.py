@@ -34,14 +34,14 @@ def _nft(script: str) -> subprocess.CompletedProcess[str]:
 
 
 class Silence:
-    """``with Silence(client_port, server_port):`` — every packet from our client
-    port to the server port (that also matches `extra`, an nft expression) is
-    dropped on arrival, in this namespace."""
+    """``with Silence(from_port, to_port):`` — every TCP packet from `from_port` to
+    `to_port` (the silenced peer's port and the target's; that also matches
+    `extra`, an nft expression) is dropped on arrival, in this namespace."""
 
-    def __init__(self, client_port: int, server_port: int, extra: str = "") -> None:
+    def __init__(self, from_port: int, to_port: int, extra: str = "") -> None:
         self.table = f"sockconf_{os.getpid()}_{next(_seq)}"
         # An inet table sees IPv4 and IPv6; the port pair names the connection.
-        self.rule = f"tcp sport {client_port} tcp dport {server_port} {extra} drop".replace("  ", " ")
+        self.rule = f"tcp sport {from_port} tcp dport {to_port} {extra} drop".replace("  ", " ")
         self._on = False
 
     def __enter__(self) -> Silence:

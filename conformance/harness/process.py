@@ -110,10 +110,19 @@ class Proc:
     def signal(self, sig: int) -> None:
         """Send `sig` to the process group (the target and whatever it started
         without a new session: a launcher's child, a forked worker)."""
+        if self._group_gone():
+            return
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
             pass  # the whole group is gone already
+
+    def _group_gone(self) -> bool:
+        """Whether nothing of the group can be left.  Once the leader is reaped its
+        pid may be handed out again, and a new session leader would own a group of
+        that number: the pid stays ours only while some member of our group lives
+        (the kernel keeps a process group's id in use until it is empty)."""
+        return self.popen.returncode is not None and not self.group_alive()
 
     def group_alive(self) -> list[int]:
         """The pids of the group still running (zombies are dead: their reaper is
@@ -139,14 +148,17 @@ class Proc:
     def kill(self) -> None:
         """SIGKILL the whole process group and any descendant that escaped it; reap."""
         descendants: list[psutil.Process] = []
-        try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.popen.poll() is None:  # not reaped: the pid is still ours
+            try:
+                descendants = psutil.Process(self.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+        group = not self._group_gone()
+        if group:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for d in descendants:
             try:
                 d.kill()
@@ -170,7 +182,7 @@ class Proc:
                 time.sleep(0.005)
         # Members of the group whose parent (a launcher) ended earlier are no
         # descendants any more: wait for them the same way.
-        while group_members(self.pid) and time.monotonic() < deadline:
+        while group and group_members(self.pid) and time.monotonic() < deadline:
             time.sleep(0.005)
         if self.ended is None:
             self.ended = time.monotonic()
@@ -192,7 +204,7 @@ def group_members(pgid: int) -> list[int]:
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             continue  # gone meanwhile
         if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             out.append(int(name))

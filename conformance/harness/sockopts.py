@@ -23,7 +23,6 @@ from typing import Any
 
 from conformance.evidence import Doubt
 from conformance.harness import inspect
-from conformance.harness.capture import Capture
 from conformance.harness.inspect import SockEntry
 
 FAMILY = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -72,21 +71,6 @@ class DiagRecord:
     def skmem(self, name: str) -> int | None:
         mem = (self.record or {}).get("skmem") or {}
         return mem.get(name)
-
-
-@dataclass(frozen=True)
-class Wire:
-    """A capture as evidence: sound only when it is known to be lossless."""
-    capture: Capture
-
-    def doubt(self) -> Doubt | None:
-        c = self.capture
-        if c.running:
-            return Doubt("the capture was not stopped before it was judged")
-        if not c.lossless:
-            return Doubt(f"the capture lost packets (kernel drops {c.drops}, "
-                         f"overflow {c.overflow}): absence or order cannot be judged")
-        return None
 
 
 @dataclass(frozen=True)
@@ -159,8 +143,9 @@ def udp_socket_of(pid: int, port: int) -> SockEntry | None:
 
 # -- sock_diag ------------------------------------------------------------------------------
 
-def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp4") -> DiagRecord:
-    """The server side of our connection from `peer` to local `port`."""
+def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp") -> DiagRecord:
+    """The server side of our connection from `peer` to local `port` (by default
+    in both families: a dual-stack AF_INET6 socket serves IPv4 peers too)."""
     what = f"the server's socket of the connection from {peer[0]}:{peer[1]}"
     try:
         recs = inspect.tcp_diag(port, kind, local_only=True)
@@ -172,7 +157,7 @@ def connection_diag(port: int, peer: tuple[str, int], kind: str = "tcp4") -> Dia
     return DiagRecord(what, None, "no such connection")
 
 
-def listener_diag(port: int, kind: str = "tcp4") -> DiagRecord:
+def listener_diag(port: int, kind: str = "tcp") -> DiagRecord:
     what = f"the LISTEN socket on port {port}"
     try:
         recs = inspect.tcp_diag(port, kind, local_only=True)
@@ -199,10 +184,11 @@ def _wscales(sock: socket.socket) -> tuple[int, int]:
 
 
 def calibrate(transport: str = "tcp4", *, rcvbuf: int | None = None,
-              sndbuf: int | None = None, client_rcvbuf: int | None = None) -> Calibration:
+              sndbuf: int | None = None, client_rcvbuf: int | None = None,
+              client_sndbuf: int | None = None) -> Calibration:
     """A connection between two sockets of our own in this namespace: the listener
-    given `rcvbuf`/`sndbuf` before listen(), the client `client_rcvbuf` before
-    connect(); what the kernel made of it."""
+    given `rcvbuf`/`sndbuf` before listen(), the client `client_rcvbuf`/
+    `client_sndbuf` before connect(); what the kernel made of it."""
     fam = FAMILY[transport]
     with socket.socket(fam, socket.SOCK_STREAM) as lst, socket.socket(fam, socket.SOCK_STREAM) as cli:
         if rcvbuf is not None:
@@ -211,6 +197,8 @@ def calibrate(transport: str = "tcp4", *, rcvbuf: int | None = None,
             lst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         if client_rcvbuf is not None:
             cli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_rcvbuf)
+        if client_sndbuf is not None:
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, client_sndbuf)
         lst.bind((LOOPBACK[transport], 0))
         lst.listen(1)
         cli.settimeout(5.0)
@@ -223,7 +211,7 @@ def calibrate(transport: str = "tcp4", *, rcvbuf: int | None = None,
             client_scale = _wscales(conn)[0]
             return Calibration(
                 what=f"own {transport} sockets with rcvbuf={rcvbuf} sndbuf={sndbuf} "
-                     f"client rcvbuf={client_rcvbuf}",
+                     f"client rcvbuf={client_rcvbuf} sndbuf={client_sndbuf}",
                 listener_rcvbuf=lst.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                 accepted_rcvbuf=conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                 accepted_sndbuf=conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),

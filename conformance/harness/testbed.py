@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,19 +29,11 @@ from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
 from conformance.harness.process import Proc, Runner, on_exit, pdeath_guard
 from conformance.harness.readiness import Listener, NotReady, wait_listening
+from conformance.harness.wire import Wire
 from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
-
-
-def timeout_scale(program: Program) -> float:
-    """The factor for every wait on `program` (target file `timeout_scale`)."""
-    return float(getattr(program, "timeout_scale", 1.0))
-
-
-def program_env(program: Program) -> Mapping[str, str]:
-    """What `program` adds to the environment (target file `env`)."""
-    return dict(getattr(program, "env", None) or {})
+STREAM_TRANSPORTS = ("tcp4", "tcp6", "unix")  # in the order checks prefer them
 
 
 @dataclass
@@ -171,6 +163,7 @@ class Testbed:
     _sockdir: Path | None = field(init=False, default=None)
     _traces: int = field(init=False, default=0)
     _datas: int = field(init=False, default=0)
+    _wire: Wire | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.runner = Runner(self.workdir)
@@ -201,7 +194,7 @@ class Testbed:
     def primary(self, program: Program) -> str:
         """The transport checks use when the clause is not about transports: the
         first stream one (tcp4 first), since most clauses judge connections."""
-        for t in ("tcp4", "tcp6", "unix"):
+        for t in STREAM_TRANSPORTS:
             if t in program.transports:
                 return t
         return program.transports[0]
@@ -271,8 +264,8 @@ class Testbed:
             log = self._trace_log(name)
             cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
-        scale = timeout_scale(program) * (strace.slowdown() if log is not None else 1.0)
+                                 env=program.env)
+        scale = program.timeout_scale * (strace.slowdown() if log is not None else 1.0)
         return Server(proc, transport, port, path, log, timeout_scale=scale,
                       traced=log is not None)
 
@@ -330,7 +323,7 @@ class Testbed:
     def startup_timeout(self) -> float:
         """How long the server may take to listen: its startup_timeout, scaled."""
         program = self.server_program
-        return program.startup_timeout * timeout_scale(program)
+        return program.startup_timeout * program.timeout_scale
 
     @property
     def traced_startup_timeout(self) -> float:
@@ -371,10 +364,11 @@ class Testbed:
     # -- clients --------------------------------------------------------------------------
 
     def client_argv(self, transport: str, port: int | str | None, path: str | None = None,
-                    host: str | None = None) -> list[str]:
+                    host: str | None = None,
+                    options: dict[str, dict[str, object]] | None = None) -> list[str]:
         return self.target.command(self.client_program, transport=transport, port=port,
                                    host=host if host is not None else LOOPBACK[transport],
-                                   path=path or "")
+                                   path=path or "", options=options)
 
     def program_of(self, argv: Sequence[str]) -> Program:
         """The declared program `argv` runs (the client or the server, for its
@@ -410,7 +404,7 @@ class Testbed:
             log = self._trace_log(name)
             cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
-                                 env=program_env(program))
+                                 env=program.env)
         return proc, log
 
     def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
@@ -420,7 +414,7 @@ class Testbed:
         timeout_scale, and under strace times strace's slowdown): a client, or a
         server that is expected to exit by itself (usage, bad port, bind failure)."""
         program = program or self.program_of(argv)
-        limit = timeout * timeout_scale(program)
+        limit = timeout * program.timeout_scale
         if trace or injections:
             limit *= strace.slowdown()
         t0 = time.monotonic()
@@ -441,13 +435,16 @@ class Testbed:
         if self.capture is None:
             raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
 
-    def wire(self) -> Capture:
-        """The capture so far, stopped and ready to dissect; Inconclusive with the
-        reason when the wire cannot be seen here."""
+    def wire(self) -> Wire:
+        """What the capture saw so far (the capture is stopped: call this once the
+        exchange is over), as an observation whose doubt() says whether it was
+        lossless; Inconclusive (skip) when the wire cannot be seen here."""
         if self.capture is None:
             raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
-        self.capture.stop()
-        return self.capture
+        if self._wire is None:
+            self.capture.stop()
+            self._wire = Wire.of(self.capture)
+        return self._wire
 
     def pcap(self) -> Path | None:
         if self.capture is None:

@@ -23,6 +23,11 @@ options of a listening socket into the sockets accept() returns; the per-connect
 ones (linger, keepalive) are nevertheless set again on each accepted connection
 right after accept(), so the behaviour does not depend on that inheritance.
 
+The hello client takes the options that apply to a connecting socket
+(``CLIENT_OPTION_TABLE``: linger, keepalive, rcvbuf, sndbuf, dontroute, debug) and
+sets them all between socket() and connect(), so that the SYN already carries the
+receive buffer's window scale.
+
 The apply functions raise ``OSError``; the caller decides what a failure means
 (``setsockopt() error`` and exit for the hello server).
 """
@@ -55,6 +60,12 @@ SERVER_OPTION_TABLE: Mapping[str, Sequence[tuple[str, Callable[[str], object]]]]
     "--no-reuseaddr": (),
     "--ipv6": (),
     "--unix": (("PATH", parse_path),),
+}
+
+# The options of a connecting socket (the hello client's): same flags as the server's.
+CLIENT_OPTION_TABLE: Mapping[str, Sequence[tuple[str, Callable[[str], object]]]] = {
+    name: SERVER_OPTION_TABLE[name]
+    for name in ("--linger", "--keepalive", "--rcvbuf", "--sndbuf", "--dontroute", "--debug")
 }
 
 DEFAULT_BACKLOG = 5
@@ -185,6 +196,20 @@ def connection_setsockopts(opts: ServerOptions) -> list[tuple[int, int, int | by
     return calls
 
 
+def client_setsockopts(opts: ServerOptions) -> list[tuple[int, int, int | bytes]]:
+    """The (level, optname, value) triples for a client socket before connect()."""
+    calls = connection_setsockopts(opts)
+    if opts.rcvbuf is not None:
+        calls.append((socket.SOL_SOCKET, socket.SO_RCVBUF, opts.rcvbuf))
+    if opts.sndbuf is not None:
+        calls.append((socket.SOL_SOCKET, socket.SO_SNDBUF, opts.sndbuf))
+    if opts.dontroute:
+        calls.append((socket.SOL_SOCKET, socket.SO_DONTROUTE, 1))
+    if opts.debug:
+        calls.append((socket.SOL_SOCKET, socket.SO_DEBUG, 1))
+    return calls
+
+
 def _apply(sock: socket.socket, calls: list[tuple[int, int, int | bytes]]) -> None:
     for level, optname, value in calls:
         sock.setsockopt(level, optname, value)
@@ -198,3 +223,8 @@ def apply_listener_options(sock: socket.socket, opts: ServerOptions) -> None:
 def apply_connection_options(conn: socket.socket, opts: ServerOptions) -> None:
     """The per-connection setsockopt() calls right after accept(); raises OSError."""
     _apply(conn, connection_setsockopts(opts))
+
+
+def apply_client_options(sock: socket.socket, opts: ServerOptions) -> None:
+    """All setsockopt() calls between socket() and connect(); raises OSError."""
+    _apply(sock, client_setsockopts(opts))

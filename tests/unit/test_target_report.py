@@ -180,3 +180,31 @@ def test_target_env_and_timeout_scale(tmp_path: Path) -> None:
         f.write_text(f'profile = "hello"\n[server]\nargv = ["./srv"]\n{bad}\n')
         with pytest.raises(TargetFileError, match=re.escape(needle)):
             load_file(f)
+
+
+def test_check_runs_on_every_core_by_default_and_shows_clause_lines() -> None:
+    from conformance import cli
+
+    def args(*argv: str) -> list[str]:
+        return cli._pytest_args(cli._parser().parse_args(["check", *argv]))
+
+    default = args()
+    assert default[default.index("-n") + 1] == "auto" and "--sockconf-progress" in default
+    one = args("-n", "0", "-v", "--require-complete", "--timeout-scale", "2",
+               "--junit-xml", "j.xml", "--html", "r.html")
+    assert one[one.index("-n") + 1] == "0"
+    assert "--sockconf-progress" not in one and "-v" in one      # pytest's own detail
+    for flag, value in (("--sockconf-timeout-scale", "2.0"), ("--sockconf-junit-xml", "j.xml"),
+                        ("--sockconf-html", "r.html")):
+        assert one[one.index(flag) + 1] == value
+    assert "--sockconf-require-complete" in one
+
+
+def test_clause_of_a_check_from_its_node_id() -> None:
+    # How the xdist controller (which does not collect) places a check's report.
+    from conformance.plugin import _clause_of_nodeid
+    cache: dict[str, str | None] = {}
+    assert _clause_of_nodeid("checks/test_hello.py::test_exact_greeting[tcp4]", cache) == "HELLO-1"
+    assert _clause_of_nodeid("../x/conformance/checks/test_life.py::test_server_syscall_order",
+                             cache) == "LIFE-0"
+    assert _clause_of_nodeid("tests/test_other.py::test_x", cache) is None
