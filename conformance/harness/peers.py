@@ -431,10 +431,14 @@ def greet(*, segments: int = 1, gap: float = 0.0, drain_timeout: float = 5.0) ->
     return run
 
 
-def cut_short(nbytes: int, *, reset: bool) -> Behaviour:
-    """Send only `nbytes` of the greeting, then FIN (or RST if `reset`)."""
+def cut_short(nbytes: int, *, reset: bool, pause: float = 0.0) -> Behaviour:
+    """Send only `nbytes` of the greeting, then FIN (or RST if `reset`), after
+    `pause` s: time for a client that connects non-blocking to see its connect()
+    complete (poll, SO_ERROR) before anything arrives — an RST before that is
+    reported by the runtime as a failed connect, and the bytes are never read."""
 
     def run(conn: socket.socket, log: PeerLog) -> None:
+        time.sleep(pause)
         if nbytes:
             conn.sendall(GREETING[:nbytes])
             # A moment for the partial greeting to travel on its own, far shorter
