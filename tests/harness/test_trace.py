@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conformance import evidence
@@ -811,8 +812,12 @@ def test_signal_the_tracee_not_strace(tmp_path: Path) -> None:
     """SIGTERM goes to the program (tracee_pid), and strace dies the same death."""
     log = tmp_path / "k.log"
     with traced([sys.executable, "-c", "import time; time.sleep(30)"], log) as proc:
-        pid = strace.tracee_pid(proc.pid)
-        assert pid is not None and pid != proc.pid
+        deadline = time.monotonic() + TIMEOUT
+        while not (kids := psutil.Process(proc.pid).children()) or \
+                kids[0].exe() == psutil.Process(proc.pid).exe():  # not yet exec()ed
+            assert time.monotonic() < deadline, "strace started no program"
+            time.sleep(0.005)
+        pid = kids[0].pid
         time.sleep(0.3)
         os.kill(pid, signal.SIGTERM)
         proc.wait(TIMEOUT)
