@@ -125,6 +125,23 @@ def read_option(entry: SockEntry, level: int, optname: int, what: str,
     return OptionReading(label, value)
 
 
+def sendto_of(entry: SockEntry, data: bytes, addr: tuple[str, int]) -> int:
+    """sendto() through a duplicate of the target's datagram socket `entry`: 0 when
+    sent, else the errno (EACCES: a broadcast without SO_BROADCAST).  The
+    duplicate is closed at once; the target's socket is otherwise untouched."""
+    assert entry.pid is not None and entry.fd is not None
+    # pidfd_getfd, as getsockopt_of does it (inspect's own helper).
+    dup = inspect._getfd(entry.pid, entry.fd)
+    sock = socket.socket(fileno=dup)
+    try:
+        sock.sendto(data, socket.MSG_DONTWAIT, addr)
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        sock.close()
+    return 0
+
+
 def _same_addr(a: tuple[str, int], b: tuple[str, int]) -> bool:
     def norm(h: str) -> str:
         return h.removeprefix("::ffff:")
