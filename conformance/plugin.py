@@ -527,6 +527,9 @@ class _Run:
         elif report.skipped and isinstance(report.longrepr, tuple):
             props["message"] = str(report.longrepr[2]).removeprefix("Skipped: ")
             props.setdefault("kind", SKIP)
+        elif call.when == "call" and report.passed and JUDGEMENT_KEY in item.stash:
+            # A pass carries its evidence into the report, as a failure does.
+            props["message"] = item.stash[JUDGEMENT_KEY].evidence[:2000]
         if call.when == "teardown" and not self.controller:
             self._worker_isolation()
         report.user_properties.append((_PROPS, props))
@@ -579,7 +582,9 @@ class _Run:
             rec = self.records[report.nodeid] = rep.TestRecord(report.nodeid, props["clause"],
                                                                "passed")
         rec.duration_s = round(rec.duration_s + report.duration, 3)
-        if report.skipped:
+        if report.passed and report.when == "call":
+            rec.message = props.get("message", "")
+        elif report.skipped:
             rec.outcome, rec.message = "skipped", props.get("message", "")
             rec.kind = props.get("kind", SKIP)
         elif report.failed:

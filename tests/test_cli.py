@@ -144,6 +144,9 @@ def test_report_json_contract(tmp_path: Path) -> None:
         for t in c["tests"]:
             assert set(t) >= {"nodeid", "outcome", "duration_s", "message", "artifacts", "reproduce"}
             assert t["verdict"] == "pass"
+            if c["id"] == "LIFE-1":
+                # A pass carries its evidence, as a failure does.
+                assert "listens on" in t["message"], t
 
 
 def test_unwritable_artifacts_dir_is_a_suite_error(tmp_path: Path) -> None:

@@ -17,9 +17,11 @@ import time
 import pytest
 
 from conformance.checks import support
+from conformance.checks.fuzzing import Fuzz, LiveServer
 from conformance.clauses import clause, transports
+from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.harness import peers
-from conformance.harness.testbed import Server, Testbed, Violation
+from conformance.harness.testbed import Server, Testbed
 
 MiB = 1 << 20
 STREAMS = ("tcp4", "tcp6", "unix")
@@ -62,27 +64,6 @@ def first_difference(sent: bytes, got: bytes) -> str:
             f"(sent {len(sent)} bytes, got {len(got)})")
 
 
-class LiveServer:
-    """One running server shared by a check's examples; restarted after a death
-    (the example that saw it dead reports it)."""
-
-    def __init__(self, bed: Testbed, transport: str, **start: object) -> None:
-        self.bed, self.transport, self.start = bed, transport, start
-        self.srv: Server | None = None
-
-    def get(self) -> Server:
-        if self.srv is None or self.srv.proc.poll() is not None:
-            self.srv = self.bed.start_server(self.transport, **self.start)  # type: ignore[arg-type]
-        return self.srv
-
-    def require_alive(self, what: str) -> None:
-        assert self.srv is not None
-        # A crash caused by the last exchange may take a moment to be reaped.
-        if self.srv.proc.wait(0.02) is not None:
-            raise Violation(f"{what}: the server died: {self.srv.proc.status()}; "
-                            f"stderr {self.srv.proc.stderr()[-200:]!r}")
-
-
 # How long an echo may pause once everything is written.  NUDGE: then we shut
 # down our side, so a server that lost bytes ends the exchange at once (FIN)
 # while one that still owes bytes sends them; IDLE: then it has stalled.
@@ -91,7 +72,8 @@ NUDGE, IDLE = 0.1, 3.0
 
 def echo_roundtrip(srv: Server, chunks: list[bytes], *, half_close: bool, timeout: float,
                    gap: float = 0.0) -> peers.Received:
-    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+    with support.blamed_on_target("connecting", srv):
+        sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
     data = b"".join(chunks)
     try:
         return peers.stream(sock, chunks, expect=len(data), timeout=timeout,
@@ -116,7 +98,7 @@ FIXED = [("empty", 0, 1), ("one-byte", 1, 1), ("all-byte-values", 256, 0),
 @clause("ECHO-1")
 @pytest.mark.parametrize("name,size,seed", FIXED, ids=[f[0] for f in FIXED])
 def test_every_byte_back(bed: Testbed, server_transport: str, name: str, size: int,
-                         seed: int) -> None:
+                         seed: int) -> Pass:
     if name == "all-byte-values":
         data = bytes(range(256))
     elif name.startswith("nul-heavy"):
@@ -130,17 +112,20 @@ def test_every_byte_back(bed: Testbed, server_transport: str, name: str, size: i
     if got.data != data:
         raise Violation(f"{name}: sent {_show(data)}, got back {len(got.data)} byte(s) then "
                         f"{got.end}: {first_difference(data, got.data)}")
+    return Pass(f"{name} on {server_transport}: {len(data)} byte(s) in 64 KiB writes came "
+                "back exactly")
 
 
 @transports(*STREAMS)
 @clause("ECHO-1")
-def test_echo_fuzz(bed: Testbed, server_transport: str) -> None:
+def test_echo_fuzz(bed: Testbed, server_transport: str) -> Pass:
     """Arbitrary payloads (0 B..16 MiB) in arbitrary write sizes; invariant: what
     comes back equals what went in, and the server is alive afterwards."""
     from hypothesis import given, note
     from hypothesis import strategies as st
 
     live = LiveServer(bed, server_transport)
+    fuzz = Fuzz()
 
     # payload = core * repeat: arbitrary bytes up to 4 KiB, repeated up to 16 MiB.
     # Both shrink (repeat to 1, core to the fewest, smallest bytes), so a finding
@@ -164,8 +149,10 @@ def test_echo_fuzz(bed: Testbed, server_transport: str) -> None:
                             f"{len(got.data)} byte(s) then {got.end}: "
                             f"{first_difference(data, got.data)}")
         live.require_alive(f"after echoing {_show(data)}")
+        fuzz.judged()
 
-    support.run_fuzz(example)
+    return fuzz.run(example, f"arbitrary payloads in arbitrary writes on {server_transport} "
+                             "came back exactly, the server alive after each")
 
 
 # -- ECHO-2 -----------------------------------------------------------------------------------
@@ -176,7 +163,7 @@ HALF_CLOSE = [("nothing", 0), ("small", 100), ("1MiB", MiB), ("8MiB", 8 * MiB)]
 @transports(*STREAMS)
 @clause("ECHO-2")
 @pytest.mark.parametrize("name,size", HALF_CLOSE, ids=[h[0] for h in HALF_CLOSE])
-def test_half_close(bed: Testbed, server_transport: str, name: str, size: int) -> None:
+def test_half_close(bed: Testbed, server_transport: str, name: str, size: int) -> Pass:
     """Write, shut down our side at once (while echoes are still pending), keep
     reading: everything comes back, then FIN."""
     data = payload_of(size, size)
@@ -184,6 +171,8 @@ def test_half_close(bed: Testbed, server_transport: str, name: str, size: int) -
     got = echo_roundtrip(srv, chunked(data, [256 * 1024]), half_close=True,
                          timeout=_timeout_for(size))
     _judge_half_close(srv, data, got)
+    return Pass(f"{name} on {server_transport}: {len(data)} byte(s) then SHUT_WR at once: "
+                "all echoed, then FIN")
 
 
 def _echoes_plainly(srv: Server, data: bytes) -> bool:
@@ -199,8 +188,8 @@ def _echoes_plainly(srv: Server, data: bytes) -> bool:
 
 def _judge_half_close(srv: Server, data: bytes, got: peers.Received) -> None:
     if (got.data != data or got.end != "fin") and not _echoes_plainly(srv, data):
-        pytest.skip(f"the server does not echo these {len(data)} bytes even without a "
-                    "half-close (ECHO-1's concern): nothing to judge here")
+        raise Inconclusive(f"the server does not echo these {len(data)} bytes even without "
+                           "a half-close (ECHO-1's concern): nothing to judge here")
     if got.data != data:
         raise Violation(f"sent {_show(data)} then SHUT_WR: got back {len(got.data)} byte(s) "
                         f"then {got.end}: {first_difference(data, got.data)}")
@@ -211,13 +200,14 @@ def _judge_half_close(srv: Server, data: bytes, got: peers.Received) -> None:
 
 @transports(*STREAMS)
 @clause("ECHO-2")
-def test_half_close_fuzz(bed: Testbed, server_transport: str) -> None:
+def test_half_close_fuzz(bed: Testbed, server_transport: str) -> Pass:
     """Half-close timing varied: right after the last write, or after a pause,
     with writes spread out; everything is echoed, then FIN."""
     from hypothesis import given, note
     from hypothesis import strategies as st
 
     live = LiveServer(bed, server_transport)
+    fuzz = Fuzz()
 
     @given(size=st.integers(0, 4 * MiB), seed=st.integers(0, 2**32 - 1),
            sizes=st.lists(st.integers(1, MiB), min_size=1, max_size=8),
@@ -229,12 +219,14 @@ def test_half_close_fuzz(bed: Testbed, server_transport: str) -> None:
         note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}; gap {gap}")
         got = echo_roundtrip(srv, chunks, half_close=True, timeout=_timeout_for(size), gap=gap)
         if (got.data != data or got.end != "fin") and not _echoes_plainly(live.get(), data):
-            note("not echoed even without a half-close: ECHO-1's concern, not judged here")
-            return
+            fuzz.reject(f"{_show(data)} is not echoed even without a half-close (ECHO-1's "
+                        "concern)")
         _judge_half_close(srv, data, got)
         live.require_alive(f"after {_show(data)} and SHUT_WR")
+        fuzz.judged()
 
-    support.run_fuzz(example)
+    return fuzz.run(example, f"payloads then SHUT_WR at varied moments on {server_transport}: "
+                             "all echoed, then FIN")
 
 
 # -- ECHO-3 -----------------------------------------------------------------------------------
@@ -242,11 +234,19 @@ def test_half_close_fuzz(bed: Testbed, server_transport: str) -> None:
 @transports(*STREAMS)
 @clause("ECHO-3")
 @pytest.mark.parametrize("clients", [2, 8])
-def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) -> None:
+def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) -> Pass:
     """Clients write their own distinct streams at the same time, in small
     interleaved writes; each must get exactly its own bytes back."""
     srv = bed.start_server(server_transport)
-    socks = [peers.connect(srv.transport, srv.port, srv.path, timeout=5.0) for _ in range(clients)]
+    socks: list[socket.socket] = []
+    try:
+        with support.blamed_on_target(f"connecting {clients} clients", srv):
+            for _ in range(clients):
+                socks.append(peers.connect(srv.transport, srv.port, srv.path, timeout=5.0))
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
     size = 256 * 1024
     datas = [bytes([65 + i]) * 16 + payload_of(size, 1000 + i) for i in range(clients)]
     results: list[peers.Received | None] = [None] * clients
@@ -276,14 +276,17 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
         if got is None:
             raise Violation(f"client {i + 1} of {clients}: no result (its exchange hung)")
         if got.data != datas[i] and not _echoes_plainly(srv, datas[i]):
-            pytest.skip(f"client {i + 1}'s bytes are not echoed even when it is alone "
-                        "(ECHO-1's concern): mixing cannot be judged")
+            raise Inconclusive(f"client {i + 1}'s bytes are not echoed even when it is alone "
+                               "(ECHO-1's concern): mixing cannot be judged")
         if got.data != datas[i]:
             foreign = [j + 1 for j in range(clients) if j != i and datas[j][16:48] in got.data]
             raise Violation(
                 f"client {i + 1} of {clients} (concurrent) sent {_show(datas[i])}, got "
                 f"{len(got.data)} byte(s) then {got.end}: {first_difference(datas[i], got.data)}"
                 + (f"; it contains bytes of client(s) {foreign}" if foreign else ""))
+    return Pass(f"{clients} concurrent clients on {server_transport}, "
+                f"{len(datas[0])} bytes each in small interleaved writes: each got exactly "
+                "its own bytes back")
 
 
 # -- ECHO-4 -----------------------------------------------------------------------------------
@@ -292,13 +295,16 @@ DATAGRAMS = [0, 1, 100, 1472, 1473, 8192, 65507]
 
 
 def _udp_echo(srv: Server, sock: socket.socket, data: bytes, timeout: float = 3.0) -> bytes | None:
-    assert srv.port is not None
-    sock.sendto(data, ("127.0.0.1", srv.port))
-    sock.settimeout(timeout)
-    try:
-        got, _ = sock.recvfrom(65536)
-    except TimeoutError:
-        return None
+    if srv.port is None:
+        raise RuntimeError("a UDP server without a port")
+    # ECONNREFUSED here is the ICMP port-unreachable of a server that is gone.
+    with support.blamed_on_target(f"a datagram of {len(data)} byte(s)", srv):
+        sock.sendto(data, ("127.0.0.1", srv.port))
+        sock.settimeout(timeout)
+        try:
+            got, _ = sock.recvfrom(65536)
+        except TimeoutError:
+            return None
     return got
 
 
@@ -310,7 +316,7 @@ def _udp_socket() -> socket.socket:
 
 
 @clause("ECHO-4")
-def test_datagrams(bed: Testbed) -> None:
+def test_datagrams(bed: Testbed) -> Pass:
     """Two senders alternate; each datagram (0..65507 bytes) comes back whole,
     as one datagram, to its own sender — and never to the other."""
     bed.require_transport(bed.server_program, "udp4")
@@ -335,15 +341,18 @@ def test_datagrams(bed: Testbed) -> None:
     finally:
         a.close()
         b.close()
+    return Pass(f"{len(DATAGRAMS) * 2} datagrams of {min(DATAGRAMS)}..{max(DATAGRAMS)} bytes "
+                "from two alternating senders: each came back whole, once, to its sender only")
 
 
 @clause("ECHO-4")
-def test_datagram_fuzz(bed: Testbed) -> None:
+def test_datagram_fuzz(bed: Testbed) -> Pass:
     bed.require_transport(bed.server_program, "udp4")
     from hypothesis import given, note
     from hypothesis import strategies as st
 
     live = LiveServer(bed, "udp4")
+    fuzz = Fuzz("datagrams")
     sock = _udp_socket()
 
     @given(data=st.one_of(st.binary(max_size=2048),
@@ -365,9 +374,10 @@ def test_datagram_fuzz(bed: Testbed) -> None:
                             + ("no reply within 3 s" if got is None
                                else f"reply {_show(got)}: {first_difference(data, got)}"))
         live.require_alive(f"after datagram {_show(data)}")
+        fuzz.judged()
 
     try:
-        support.run_fuzz(example)
+        return fuzz.run(example, "arbitrary datagrams came back whole")
     finally:
         sock.close()
 
@@ -379,17 +389,18 @@ def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
     came back before the server's FIN."""
     options: dict[str, dict[str, object]] | None = {"oobinline": {}} if inline else None
     srv = bed.start_server(transport, options=options)
-    sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
-    try:
-        sock.sendall(b"ab")
-        time.sleep(0.05)
-        sock.send(b"X", socket.MSG_OOB)
-        time.sleep(0.05)
-        sock.sendall(b"cd")
-        sock.shutdown(socket.SHUT_WR)
-        got = peers.read_until_end(sock, 5.0)
-    finally:
-        sock.close()
+    with support.blamed_on_target("b'ab', urgent b'X', b'cd', SHUT_WR", srv):
+        sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+        try:
+            sock.sendall(b"ab")
+            time.sleep(0.05)
+            sock.send(b"X", socket.MSG_OOB)
+            time.sleep(0.05)
+            sock.sendall(b"cd")
+            sock.shutdown(socket.SHUT_WR)
+            got = peers.read_until_end(sock, 5.0)
+        finally:
+            sock.close()
     if got.end != "fin":
         raise Violation(f"sent b'ab', urgent b'X', b'cd', SHUT_WR: got {got.describe()} "
                         "(no FIN: the exchange did not complete)")
@@ -398,24 +409,27 @@ def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
 
 @transports("tcp4", "tcp6")
 @clause("ECHO-5")
-def test_urgent_byte_not_inline(bed: Testbed, server_transport: str) -> None:
+def test_urgent_byte_not_inline(bed: Testbed, server_transport: str) -> Pass:
     got = _urgent_exchange(bed, server_transport, inline=False)
     if got != b"abcd":
         raise Violation(f"without SO_OOBINLINE the urgent byte is not part of the stream: sent "
                         f"b'ab' + urgent b'X' + b'cd', expected b'abcd' back, got {got!r}")
+    return Pass(f"without SO_OOBINLINE on {server_transport}: b'ab' + urgent b'X' + b'cd' "
+                "came back as b'abcd', then FIN")
 
 
 def _inline_declared(bed: Testbed) -> None:
     if not bed.server_program.supports("oobinline"):
-        pytest.skip("the target does not declare option 'oobinline'")
+        raise Inconclusive("the target does not declare option 'oobinline'", "not-applicable")
 
 
 @transports("tcp4", "tcp6")
 @clause("ECHO-5")
-def test_urgent_byte_inline(bed: Testbed, server_transport: str) -> None:
+def test_urgent_byte_inline(bed: Testbed, server_transport: str) -> Pass:
     _inline_declared(bed)
     got = _urgent_exchange(bed, server_transport, inline=True)
     if got != b"abXcd":
         raise Violation(f"with the declared oobinline option: sent b'ab' + urgent b'X' + b'cd', "
                         f"expected b'abXcd' back (urgent byte in order), got {got!r}")
-
+    return Pass(f"with the declared oobinline option on {server_transport}: b'ab' + urgent "
+                "b'X' + b'cd' came back as b'abXcd', then FIN")

@@ -149,9 +149,9 @@ def test_rcvbuf(bed: Testbed) -> Pass:
         lst = sockopts.listener_diag(srv.port)
         acc = sockopts.connection_diag(srv.port, peer)
     require(lst, acc)
-    wire = sockopts.Wire(bed.wire())
+    wire = bed.wire()
     require(wire)
-    conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
+    conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
     sa = packets.syn_ack(conv, srv.port)
     if sa is None:
         raise Inconclusive("no SYN-ACK of our connection in the (lossless) capture")

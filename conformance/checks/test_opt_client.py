@@ -122,9 +122,9 @@ def test_client_rcvbuf(bed: Testbed) -> Pass:
         client = entry.local
     require(reading)
     assert peer.port is not None and isinstance(client, tuple)
-    wire = sockopts.Wire(bed.wire())
+    wire = bed.wire()
     require(wire)
-    syn = packets.syn(packets.conversation(packets.tcp_packets(wire.capture, peer.port),
+    syn = packets.syn(packets.conversation(packets.tcp_packets(wire, peer.port),
                                            peer.port, client), peer.port)
     if syn is None:
         raise Inconclusive("no SYN of the client in the (lossless) capture")
@@ -150,12 +150,12 @@ def test_client_linger_abort(bed: Testbed) -> Pass:
         raise Inconclusive(f"the client did not complete the exchange ({run.describe()}): "
                            "CLI-1's concern")
     assert peer.port is not None
-    wire = sockopts.Wire(bed.wire())
-    conns = wire.capture.tcp_connections(peer.port)
+    wire = bed.wire()
+    conns = wire.tcp_connections(peer.port)
     if not conns:
         raise Inconclusive("no connection of the client in the capture")
     client = conns[0].client
-    conv = packets.conversation(packets.tcp_packets(wire.capture, peer.port), peer.port, client)
+    conv = packets.conversation(packets.tcp_packets(wire, peer.port), peer.port, client)
     from_client = [p for p in conv if p.dst[1] == peer.port]
     fin = next((p for p in from_client if "F" in p.flags), None)
     rst = next((p for p in from_client if "R" in p.flags), None)
@@ -185,9 +185,9 @@ def test_client_keepalive(bed: Testbed) -> Pass:
     if rc is None:
         raise Violation(f"the client still waits {limit:.1f} s after its peer stopped answering "
                         "(keepalive did not end the connection)")
-    wire = sockopts.Wire(bed.wire())
+    wire = bed.wire()
     require(wire)
-    conv = packets.conversation(packets.tcp_packets(wire.capture, peer.port), peer.port, client)
+    conv = packets.conversation(packets.tcp_packets(wire, peer.port), peer.port, client)
     probes, rst, t0 = judge_probes(conv, client[1])
     timing = ", ".join(f"+{p.time - t0:.2f} s" for p in probes)
     return Pass(f"probes at {timing}, RST at +{rst.time - t0:.2f} s; the client then "

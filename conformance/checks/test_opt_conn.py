@@ -139,8 +139,8 @@ def test_linger_abort(bed: Testbed) -> Pass:
         srv.wait_exit(5.0)
     support.settle(0.1)
     waiting = _time_wait(srv.port)
-    wire = sockopts.Wire(bed.wire())
-    conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
+    wire = bed.wire()
+    conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
     from_server = [p for p in conv if p.src[1] == srv.port]
     fin = next((p for p in from_server if "F" in p.flags), None)
     rst = next((p for p in from_server if "R" in p.flags), None)
@@ -158,7 +158,7 @@ def test_linger_abort(bed: Testbed) -> Pass:
     if rst is None:
         raise Violation(f"with linger 0 the server sent neither FIN nor RST; socket saw "
                         f"{got.describe()}")
-    sent = b"".join(c.payload(from_server=True) for c in wire.capture.tcp_connections(srv.port)
+    sent = b"".join(c.payload(from_server=True) for c in wire.tcp_connections(srv.port)
                     if c.client[1] == peer[1])
     if got.end != "rst" or got.data != sent:
         raise Violation(f"with linger 0: the server sent {len(sent)} byte(s) then RST; our socket "
@@ -273,9 +273,9 @@ def test_keepalive(bed: Testbed) -> Pass:
             gone = sockopts.connection_diag(srv.port, peer).record is None
     finally:
         sock.close()
-    wire = sockopts.Wire(bed.wire())
+    wire = bed.wire()
     require(wire)
-    conv = packets.conversation(packets.tcp_packets(wire.capture, srv.port), srv.port, peer)
+    conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
     probes, rst, t0 = judge_probes(conv, srv.port)
     if not gone:
         raise Violation(f"the server still holds the connection {limit:.1f} s after its peer "

@@ -5,9 +5,10 @@ Everything here looks at a running program without touching its traffic:
 * ``/proc/PID/fd`` links map the process tree's descriptors to socket inodes;
 * ``/proc/PID/net/{tcp,tcp6,udp,udp6,unix}`` (the *target's* network namespace, which
   may not be ours) give each inode its state and addresses;
-* sock_diag (pyroute2's ``DiagSocket``, run inside the target's namespace) gives
-  what /proc does not: a listener's backlog and accept-queue length, v6only, timers,
-  retransmits and socket memory;
+* sock_diag (:mod:`conformance.harness.sockdiag`, run inside the target's namespace)
+  gives what /proc does not: a listener's backlog and accept-queue length, v6only,
+  timers, retransmits, struct tcp_info and socket memory; it is also how TCP
+  listeners are found (a LISTEN-only dump is far cheaper than /proc/PID/net/tcp);
 * ``pidfd_getfd`` duplicates one of the target's descriptors so that we can
   ``getsockopt`` it; the duplicate is closed at once (a lingering duplicate keeps the
   connection open, and the target's close() would then send no FIN).
@@ -26,7 +27,6 @@ import dataclasses
 import errno
 import os
 import socket
-import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -35,11 +35,22 @@ from typing import Any, TypeVar
 
 import psutil
 
+from conformance.harness.sockdiag import (
+    ALL_STATES,
+    EXT_INFO_AND_MEMINFO,
+    LISTEN_ONLY,
+    TCP_STATES,
+    DiagMessage,
+    DiagUnavailable,
+    SockDiag,
+    UnixListenDiag,
+    as_dict,
+)
+
 __all__ = [
     "KINDS",
     "SockEntry",
     "ListenDiag",
-    "UnixListenDiag",
     "PidfdUnavailable",
     "SocketNotFound",
     "process_tree",
@@ -47,50 +58,20 @@ __all__ = [
     "sockets_of",
     "listening",
     "sockets_on_port",
-    "port_free",
     "listen_diag",
     "unix_listen_diag",
     "tcp_diag",
     "getsockopt_of",
-    "sockopt_of_listener",
 ]
 
 KINDS = ("tcp4", "tcp6", "udp4", "udp6", "unix")
 # kind -> file name under /proc/PID/net
 NET_FILES = {"tcp4": "tcp", "tcp6": "tcp6", "udp4": "udp", "udp6": "udp6", "unix": "unix"}
 
-TCP_STATES = {
-    0x01: "ESTABLISHED",
-    0x02: "SYN_SENT",
-    0x03: "SYN_RECV",
-    0x04: "FIN_WAIT1",
-    0x05: "FIN_WAIT2",
-    0x06: "TIME_WAIT",
-    0x07: "CLOSE",
-    0x08: "CLOSE_WAIT",
-    0x09: "LAST_ACK",
-    0x0A: "LISTEN",
-    0x0B: "CLOSING",
-    0x0C: "NEW_SYN_RECV",
-}
 # UDP sockets reuse the TCP state numbers: 07 (TCP_CLOSE) is an unconnected socket.
 UDP_STATES = {0x01: "ESTABLISHED", 0x07: "UNCONN"}
 UNIX_STATES = {0x01: "UNCONN", 0x02: "CONNECTING", 0x03: "ESTABLISHED", 0x04: "DISCONNECTING"}
 _UNIX_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the Flags column: a listening socket
-TCP_LISTEN = 0x0A
-# inet_diag idiag_timer values
-DIAG_TIMERS = {0: "off", 1: "retransmit", 2: "keepalive", 3: "time_wait", 4: "probe"}
-SK_MEMINFO_FIELDS = (
-    "rmem_alloc",
-    "rcvbuf",
-    "wmem_alloc",
-    "sndbuf",
-    "fwd_alloc",
-    "wmem_queued",
-    "optmem",
-    "backlog",
-    "drops",
-)
 
 _LITTLE = sys.byteorder == "little"
 _CLONE_NEWNET = 0x40000000
@@ -173,16 +154,6 @@ class ListenDiag:
     v6only: bool | None = None
 
 
-@dataclass(frozen=True)
-class UnixListenDiag:
-    """An AF_UNIX listener as unix_diag reports it."""
-
-    backlog: int
-    queued: int
-    path: str
-    inode: int
-
-
 class PidfdUnavailable(Exception):
     """pidfd_getfd cannot be used on this target: the verdict is "not-testable"."""
 
@@ -237,10 +208,10 @@ def socket_fds(pid: int, tree: bool = True) -> dict[int, tuple[int, int]]:
 
     A socket shared by several descriptors or processes (dup, fork) is reported once,
     with the first owner found (the tree is walked parent first, fds in order)."""
-    return _owners(process_tree(pid) if tree else [pid])
+    return owners_of(process_tree(pid) if tree else [pid])
 
 
-def _owners(pids: Iterable[int]) -> dict[int, tuple[int, int]]:
+def owners_of(pids: Iterable[int]) -> dict[int, tuple[int, int]]:
     owners: dict[int, tuple[int, int]] = {}
     for p in pids:
         for fd, inode in sorted(_fd_sockets(p)):
@@ -392,7 +363,7 @@ def read_net(pid: int | str, kind: str) -> bytes | None:
         return None
 
 
-def _group_by_netns(pids: Iterable[int]) -> dict[int, list[int]]:
+def group_by_netns(pids: Iterable[int]) -> dict[int, list[int]]:
     groups: dict[int, list[int]] = {}
     for p in pids:
         ns = netns_id(p)
@@ -401,7 +372,7 @@ def _group_by_netns(pids: Iterable[int]) -> dict[int, list[int]]:
     return groups
 
 
-def _read_any(pids: list[int], kind: str) -> bytes | None:
+def read_any(pids: list[int], kind: str) -> bytes | None:
     for p in pids:
         data = read_net(p, kind)
         if data is not None:
@@ -418,19 +389,19 @@ def sockets_of(pid: int, tree: bool = True, kinds: Iterable[str] = KINDS) -> lis
     them - ``socket_fds`` still counts it.  tcp6 listeners carry ``v6only`` when
     sock_diag can tell."""
     owners = socket_fds(pid, tree)
-    return _entries_for(owners, kinds)
+    return entries_for(owners, kinds)
 
 
-def _entries_for(owners: dict[int, tuple[int, int]], kinds: Iterable[str]) -> list[SockEntry]:
+def entries_for(owners: dict[int, tuple[int, int]], kinds: Iterable[str]) -> list[SockEntry]:
     if not owners:
         return []
     kinds = tuple(kinds)
     out: list[SockEntry] = []
     owner_pids = list(dict.fromkeys(p for p, _ in owners.values()))
-    for ns_pids in _group_by_netns(owner_pids).values():
+    for ns_pids in group_by_netns(owner_pids).values():
         found: list[SockEntry] = []
         for kind in kinds:
-            data = _read_any(ns_pids, kind)
+            data = read_any(ns_pids, kind)
             if data is None:
                 continue
             if kind == "unix":
@@ -462,9 +433,9 @@ def listening(pid: int, tree: bool = True) -> list[SockEntry]:
         return []
     out: list[SockEntry] = []
     owner_pids = list(dict.fromkeys(p for p, _ in owners.values()))
-    for ns_pids in _group_by_netns(owner_pids).values():
+    for ns_pids in group_by_netns(owner_pids).values():
         found = tcp_listeners(ns_pids, owners)
-        data = _read_any(ns_pids, "unix")
+        data = read_any(ns_pids, "unix")
         if data is not None:
             found += [e for e in parse_unix(data, owners) if e.state == "LISTEN"]
         for e in found:
@@ -480,29 +451,28 @@ def tcp_listeners(
     owners: Iterable[int] | None = None,
     kinds: Iterable[str] = ("tcp4", "tcp6"),
     port: int = 0,
-    dump: ListenDump | None = None,
+    diag: SockDiag | None = None,
 ) -> list[SockEntry]:
     """TCP LISTEN sockets of the namespace of ``ns_pids`` (restricted to the inodes
-    ``owners`` if given, to ``port`` if not 0), by sock_diag or else /proc."""
+    ``owners`` if given, to ``port`` if not 0), by sock_diag or else /proc.
+    ``diag``: a SockDiag of that namespace to reuse (a poller keeps one)."""
     want = None if owners is None else set(owners)
     out: list[SockEntry] = []
-    own = dump is None
+    own = diag is None
     if own:
-        try:
-            dump = ListenDump(ns_pids[0])
-        except (OSError, SocketNotFound):
-            dump = None
+        diag = open_diag(ns_pids[0])
     try:
         for kind in kinds:
             family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
             found: list[SockEntry] | None = None
-            if dump is not None and not dump.broken:
+            if diag is not None and not diag.broken:
                 try:
-                    found = dump.listeners(family, port)
+                    found = [_listen_entry(m) for m in diag.tcp(family, LISTEN_ONLY)
+                             if not port or m.local[1] == port]
                 except (OSError, DiagUnavailable):
-                    dump.broken = True
+                    diag.broken = True
             if found is None:
-                data = _read_any(ns_pids, kind)
+                data = read_any(ns_pids, kind)
                 found = (
                     []
                     if data is None
@@ -518,16 +488,30 @@ def tcp_listeners(
                 if (want is None or e.inode in want) and (not port or e.port == port)
             ]
     finally:
-        if own and dump is not None:
-            dump.close()
+        if own and diag is not None:
+            diag.close()
     return out
+
+
+def open_diag(netns_pid: int) -> SockDiag | None:
+    """A SockDiag in the namespace of `netns_pid`; None where sock_diag cannot be
+    used (callers then read /proc)."""
+    try:
+        return run_in_netns(netns_pid, SockDiag)
+    except (OSError, SocketNotFound):
+        return None
+
+
+def _listen_entry(m: DiagMessage) -> SockEntry:
+    zero = "::" if m.family == socket.AF_INET6 else "0.0.0.0"
+    return SockEntry(inode=m.inode, kind=m.kind, state="LISTEN", local=m.local,
+                     remote=(zero, 0), v6only=m.v6only)
 
 
 def sockets_on_port(
     port: int,
     *,
     netns_pid: int | None = None,
-    owners: bool = False,
     local_only: bool = False,
     kinds: Iterable[str] = ("tcp4", "tcp6", "udp4", "udp6"),
 ) -> list[SockEntry]:
@@ -537,8 +521,7 @@ def sockets_on_port(
     namespace (/proc/thread-self/net).  By default a socket is "on the port"
     when its local *or* remote port is ``port`` (so the client side of a connection
     to the port, and its TIME_WAIT, are included); ``local_only=True`` keeps only
-    local ones.  With ``owners=True`` the owning pid/fd is filled in by scanning
-    every process's descriptors (slower)."""
+    local ones.  Owners are not filled in (pid/fd None)."""
     base: int | str = "thread-self" if netns_pid is None else netns_pid
     out: list[SockEntry] = []
     for kind in kinds:
@@ -547,206 +530,27 @@ def sockets_on_port(
         data = read_net(base, kind)
         if data is not None:
             out += parse_inet(data, kind, port=port, local_only=local_only)
-    if owners and out:
-        want = {e.inode for e in out if e.inode}
-        found: dict[int, tuple[int, int]] = {}
-        for p in psutil.pids():
-            if not want - found.keys():
-                break
-            for fd, inode in _fd_sockets(p):
-                if inode in want:
-                    found.setdefault(inode, (p, fd))
-        out = [
-            _replace(e, pid=found[e.inode][0], fd=found[e.inode][1]) if e.inode in found else e
-            for e in out
-        ]
     return out
-
-
-def port_free(port: int, kind: str = "tcp4", *, netns_pid: int | None = None) -> bool:
-    """No socket holds ``port`` for ``kind`` and a fresh bind with SO_REUSEADDR works.
-
-    tcp4: no LISTEN socket reachable over IPv4 on the port (an IPv4 one, or an IPv6 one
-    on :: or a mapped address); tcp6: no IPv6 LISTEN socket (the test bind is
-    IPV6_V6ONLY); udp4/udp6: no bound UDP socket.  TIME_WAIT does not make a port busy
-    (SO_REUSEADDR binds over it)."""
-    if kind not in ("tcp4", "tcp6", "udp4", "udp6"):
-        raise ValueError(f"port_free: kind must be tcp4/tcp6/udp4/udp6, not {kind!r}")
-    v6 = kind.endswith("6")
-    tcp = kind.startswith("tcp")
-    kinds = ("tcp4", "tcp6") if tcp else ("udp4", "udp6")
-    for e in sockets_on_port(port, netns_pid=netns_pid, local_only=True, kinds=kinds):
-        if tcp and e.state != "LISTEN":
-            continue
-        if v6 and e.reachable_over_ipv6():
-            return False
-        # A dual-stack [::] socket (v6only unknown here) is caught by the bind below.
-        if not v6 and (e.kind in ("tcp4", "udp4") or str(e.local[0]).startswith("::ffff:")):
-            return False
-
-    def try_bind() -> bool:
-        fam = socket.AF_INET6 if v6 else socket.AF_INET
-        with socket.socket(fam, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if v6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind(("::" if v6 else "0.0.0.0", port))
-            except OSError:
-                return False
-        return True
-
-    try:
-        return run_in_netns(netns_pid, try_bind)
-    except SocketNotFound:
-        return False
 
 
 # ----------------------------------------------------------------------------- sock_diag
 
 
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_INET_DIAG_SKV6ONLY = 11
-_NETLINK_SOCK_DIAG = 4
-_HDR = struct.Struct("=IHHII")
-_MSG_LEN = 72  # struct inet_diag_msg
-
-
-class DiagUnavailable(Exception):
-    """sock_diag did not answer (module missing, not permitted, bad reply)."""
-
-
-class ListenDump:
-    """A raw netlink sock_diag socket in one network namespace that asks for TCP
-    LISTEN sockets only.
-
-    The kernel then walks only its listening hash: ~20 us a query, where reading
-    /proc/PID/net/tcp walks the whole established hash (milliseconds on a machine
-    with a lot of memory, even when it is empty).  Used where listeners are polled;
-    the full reports (listen_diag, tcp_diag) go through pyroute2's DiagSocket."""
-
-    def __init__(self, netns_pid: int) -> None:
-        def make() -> socket.socket:
-            return socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
-            )
-
-        self.sock = run_in_netns(netns_pid, make)
-        self.sock.settimeout(1.0)
-        self.seq = 0
-        self.broken = False  # set when a query failed: callers fall back to /proc
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ListenDump:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def listeners(self, family: int, port: int = 0) -> list[SockEntry]:
-        """The namespace's TCP listeners of ``family`` (on ``port`` if not 0)."""
-        self.seq += 1
-        req = (
-            struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN)
-            + struct.pack("!HH", port, 0)
-            + bytes(32)
-            + struct.pack("=IQ", 0, 0)
-        )
-        self.sock.send(
-            _HDR.pack(_HDR.size + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, self.seq, 0)
-            + req
-        )
-        out: list[SockEntry] = []
-        kind = "tcp6" if family == socket.AF_INET6 else "tcp4"
-        while True:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise DiagUnavailable("bad netlink message")
-                body = off + _HDR.size
-                if seq != self.seq:  # a stale answer to an earlier, abandoned request
-                    off += (length + 3) & ~3
-                    continue
-                if mtype == _NLMSG_DONE:
-                    return out
-                if mtype == _NLMSG_ERROR:
-                    code = struct.unpack_from("=i", data, body)[0]
-                    raise DiagUnavailable(f"sock_diag error {code}")
-                if length >= _HDR.size + _MSG_LEN:
-                    out.append(_decode(data, body, off + length, kind))
-                off += (length + 3) & ~3
-
-
-def _decode(data: bytes, body: int, end: int, kind: str) -> SockEntry:
-    lport = struct.unpack_from("!H", data, body + 4)[0]
-    fam = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-    raw = data[body + 8 : body + 24] if fam == socket.AF_INET6 else data[body + 8 : body + 12]
-    inode = struct.unpack_from("=I", data, body + 68)[0]
-    v6only = None
-    a = body + _MSG_LEN
-    while a + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, a)
-        if alen < 4:
-            break
-        if atype & 0x3FFF == _INET_DIAG_SKV6ONLY and alen >= 5:
-            v6only = bool(data[a + 4])
-        a += (alen + 3) & ~3
-    zero = "::" if fam == socket.AF_INET6 else "0.0.0.0"
-    return SockEntry(
-        inode=inode,
-        kind=kind,
-        state="LISTEN",
-        local=(socket.inet_ntop(fam, raw), lport),
-        remote=(zero, 0),
-        v6only=v6only,
-    )
-
-
-def _diag_dump(
-    family: int,
-    states: int,
-    *,
-    protocol: int = socket.IPPROTO_TCP,
-    extensions: int = 0,
-    sport: int = 0,
-    dport: int = 0,
-    netns_pid: int | None = None,
-) -> list[Any]:
-    """One inet_diag dump through pyroute2's DiagSocket, in netns_pid's namespace."""
-    from pyroute2 import DiagSocket
-
-    def query() -> list[Any]:
-        with DiagSocket() as ds:
-            ds.bind()
-            return list(
-                ds.get_sock_stats(
-                    family=family,
-                    states=states,
-                    protocol=protocol,
-                    extensions=extensions,
-                    sport=sport,
-                    dport=dport,
-                )
-            )
-
-    return run_in_netns(netns_pid, query)
-
-
-def _diag_families(kind: str) -> list[tuple[int, str]]:
-    table: dict[str, list[tuple[int, str]]] = {
-        "tcp4": [(socket.AF_INET, "tcp4")],
-        "tcp6": [(socket.AF_INET6, "tcp6")],
-        "tcp": [(socket.AF_INET, "tcp4"), (socket.AF_INET6, "tcp6")],
-    }
+def _families(kind: str) -> list[int]:
+    table: dict[str, list[int]] = {"tcp4": [socket.AF_INET], "tcp6": [socket.AF_INET6],
+             "tcp": [socket.AF_INET, socket.AF_INET6]}
     if kind not in table:
         raise ValueError(f"kind must be tcp4, tcp6 or tcp, not {kind!r}")
     return table[kind]
+
+
+def _diag(kind: str, states: int, ext: int, netns_pid: int | None) -> list[DiagMessage]:
+    """One sock_diag dump per family of `kind`, in netns_pid's namespace."""
+    def query() -> list[DiagMessage]:
+        with SockDiag() as diag:
+            return [m for family in _families(kind) for m in diag.tcp(family, states, ext)]
+
+    return run_in_netns(netns_pid, query)
 
 
 def listen_diag(port: int, kind: str = "tcp4", *, netns_pid: int | None = None) -> list[ListenDiag]:
@@ -755,83 +559,18 @@ def listen_diag(port: int, kind: str = "tcp4", *, netns_pid: int | None = None) 
     For a listener the kernel reports idiag_wqueue = sk_max_ack_backlog (the backlog
     as applied: listen()'s argument capped by net.core.somaxconn) and idiag_rqueue =
     the accept-queue length.  ``kind``: "tcp4", "tcp6" or "tcp" (both)."""
-    out = []
-    for family, k in _diag_families(kind):
-        for m in _diag_dump(family, 1 << TCP_LISTEN, sport=port, netns_pid=netns_pid):
-            if m["idiag_sport"] != port:
-                continue
-            flag = m.get_attr("INET_DIAG_SKV6ONLY") if family == socket.AF_INET6 else None
-            out.append(
-                ListenDiag(
-                    backlog=m["idiag_wqueue"],
-                    queued=m["idiag_rqueue"],
-                    local=(m["idiag_src"], m["idiag_sport"]),
-                    inode=m["idiag_inode"],
-                    kind=k,
-                    v6only=None if flag is None else bool(flag),
-                )
-            )
-    return out
+    return [ListenDiag(backlog=m.wqueue, queued=m.rqueue, local=m.local, inode=m.inode,
+                       kind=m.kind, v6only=m.v6only)
+            for m in _diag(kind, LISTEN_ONLY, 0, netns_pid) if m.local[1] == port]
 
 
 def unix_listen_diag(path: str, *, netns_pid: int | None = None) -> list[UnixListenDiag]:
     """The AF_UNIX listeners bound to ``path`` (unix_diag: backlog and queue length)."""
-    from pyroute2 import DiagSocket
-    from pyroute2.netlink.diag import UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN
+    def query() -> list[UnixListenDiag]:
+        with SockDiag() as diag:
+            return [u for u in diag.unix_listeners() if u.path == path]
 
-    def query() -> list[Any]:
-        with DiagSocket() as ds:
-            ds.bind()
-            return list(
-                ds.get_sock_stats(
-                    family=socket.AF_UNIX,
-                    states=1 << TCP_LISTEN,
-                    show=UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN,
-                )
-            )
-
-    out = []
-    for m in run_in_netns(netns_pid, query):
-        name = m.get_attr("UNIX_DIAG_NAME")
-        rq = m.get_attr("UNIX_DIAG_RQLEN")
-        if name is None or rq is None:
-            continue
-        name = "@" + name[1:] if name.startswith("\0") else name
-        if name == path:
-            out.append(
-                UnixListenDiag(
-                    backlog=rq["udiag_wqueue"],
-                    queued=rq["udiag_rqueue"],
-                    path=name,
-                    inode=m["udiag_ino"],
-                )
-            )
-    return out
-
-
-def _skmem(hexstr: str | None) -> dict[str, int] | None:
-    if not hexstr:
-        return None
-    raw = bytes.fromhex(hexstr.replace(":", ""))
-    vals = [int.from_bytes(raw[i : i + 4], sys.byteorder) for i in range(0, len(raw) - 3, 4)]
-    return dict(zip(SK_MEMINFO_FIELDS, vals, strict=False))
-
-
-def _tcp_info(info: Any) -> dict[str, Any] | None:
-    if info is None:
-        return None
-    out = {k: v for k, v in info.items() if k.startswith("tcpi_")}
-    # pyroute2 0.9 decodes the bit fields of byte 6/7 wrongly: re-read them raw.
-    # (__u8 tcpi_snd_wscale:4, tcpi_rcv_wscale:4; __u8 delivery_rate_app_limited:1, ...)
-    try:
-        base = info.offset + 4  # past the nla header
-        wscale, flags = info.data[base + 6], info.data[base + 7]
-    except (AttributeError, IndexError, TypeError):
-        return out
-    out["tcpi_snd_wscale"] = wscale & 0x0F
-    out["tcpi_rcv_wscale"] = wscale >> 4
-    out["tcpi_delivery_rate_app_limited"] = flags & 0x01
-    return out
+    return run_in_netns(netns_pid, query)
 
 
 def tcp_diag(
@@ -842,49 +581,11 @@ def tcp_diag(
     Each dict: kind, state, local, remote, inode (0 for TIME_WAIT / orphans), uid,
     cookie, timer ("off", "retransmit", "keepalive", "time_wait", "probe"), timer_code,
     expires_ms, retransmits, rqueue, wqueue (for LISTEN: accept queue / backlog),
-    v6only (IPv6 LISTEN/CLOSE only), skmem (SK_MEMINFO: rmem_alloc, rcvbuf,
-    wmem_alloc, sndbuf, fwd_alloc, wmem_queued, optmem, backlog, drops) and tcp_info
-    (struct tcp_info as a dict: tcpi_rto, tcpi_snd_wscale, tcpi_rcv_wscale, ...)."""
-    ext = (1 << (2 - 1)) | (1 << (7 - 1))  # INET_DIAG_INFO | INET_DIAG_SKMEMINFO
-    all_states = (1 << 12) - 1
-    out: list[dict[str, Any]] = []
-    seen: set[tuple[Any, ...]] = set()
-    for family, k in _diag_families(kind):
-        msgs = _diag_dump(family, all_states, extensions=ext, sport=port, netns_pid=netns_pid)
-        if not local_only:
-            msgs += _diag_dump(family, all_states, extensions=ext, dport=port, netns_pid=netns_pid)
-        for m in msgs:
-            local = (m["idiag_src"], m["idiag_sport"])
-            remote = (m["idiag_dst"], m["idiag_dport"])
-            if local[1] != port and (local_only or remote[1] != port):
-                continue
-            key = (k, local, remote, m["idiag_state"], m["idiag_inode"])
-            if key in seen:
-                continue
-            seen.add(key)
-            info = m.get_attr("INET_DIAG_INFO")
-            flag = m.get_attr("INET_DIAG_SKV6ONLY")
-            out.append(
-                {
-                    "kind": k,
-                    "state": TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
-                    "local": local,
-                    "remote": remote,
-                    "inode": m["idiag_inode"],
-                    "uid": m["idiag_uid"],
-                    "cookie": m["idiag_cookie"],
-                    "timer": DIAG_TIMERS.get(m["idiag_timer"], str(m["idiag_timer"])),
-                    "timer_code": m["idiag_timer"],
-                    "expires_ms": m["idiag_expires"],
-                    "retransmits": m["idiag_retrans"],
-                    "rqueue": m["idiag_rqueue"],
-                    "wqueue": m["idiag_wqueue"],
-                    "v6only": None if flag is None else bool(flag),
-                    "skmem": _skmem(m.get_attr("INET_DIAG_SKMEMINFO")),
-                    "tcp_info": _tcp_info(info),
-                }
-            )
-    return out
+    v6only (IPv6 sockets only), skmem (SK_MEMINFO: rmem_alloc, rcvbuf, wmem_alloc,
+    sndbuf, fwd_alloc, wmem_queued, optmem, backlog, drops) and tcp_info (struct
+    tcp_info as a dict: tcpi_rto, tcpi_snd_wscale, tcpi_rcv_wscale, ...)."""
+    return [as_dict(m) for m in _diag(kind, ALL_STATES, EXT_INFO_AND_MEMINFO, netns_pid)
+            if m.local[1] == port or (not local_only and m.remote[1] == port)]
 
 
 # ----------------------------------------------------------------------------- pidfd_getfd
@@ -956,16 +657,3 @@ def getsockopt_of(pid: int, fd: int, level: int, optname: int, buflen: int = 0) 
     if buflen > 0:
         return buf.raw[: length.value]
     return int.from_bytes(buf.raw[:4], sys.byteorder, signed=True)
-
-
-def sockopt_of_listener(
-    pid: int, port: int, level: int, optname: int, buflen: int = 0
-) -> int | bytes:
-    """getsockopt_of on the tree's LISTEN socket on ``port`` (IPv4 first, then IPv6)."""
-    cands = [e for e in listening(pid) if e.port == port and e.pid is not None]
-    if not cands:
-        raise SocketNotFound(f"no LISTEN socket on port {port} in the process tree of {pid}")
-    cands.sort(key=lambda e: e.kind != "tcp4")
-    e = cands[0]
-    assert e.pid is not None and e.fd is not None
-    return getsockopt_of(e.pid, e.fd, level, optname, buflen)

@@ -2,7 +2,7 @@
 options, flags and sequence numbers (OPT-RCVBUF's window scale, OPT-KEEPALIVE's
 probes, OPT-LINGER's RST vs FIN).
 
-scapy is imported only when a capture is dissected here (Capture.packets()); bulk
+scapy is imported only when a capture is dissected here (Wire.packets()); bulk
 work (reassembling conversations) stays on capture.py's struct path.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from conformance.harness.capture import Capture
+from conformance.harness.wire import Wire
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ class TcpPacket:
                 + (f" opts={self.options}" if self.options else ""))
 
 
-def tcp_packets(capture: Capture, port: int) -> list[TcpPacket]:
+def tcp_packets(wire: Wire, port: int) -> list[TcpPacket]:
     """Every TCP segment from or to `port`, IPv4 and IPv6, in capture order."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.inet6 import IPv6
 
     out: list[TcpPacket] = []
-    for i, pkt in enumerate(capture.packets(), 1):
+    for i, pkt in enumerate(wire.packets(), 1):
         if TCP not in pkt:
             continue
         tcp = pkt[TCP]

@@ -46,9 +46,11 @@ class Received:
     end: str = "timeout"        # "fin" | "rst" | "timeout" | "error: ..."
     first_byte_s: float | None = None  # seconds from connect to the first byte
     end_s: float | None = None         # seconds from connect to FIN/RST
+    eof_sent_s: float | None = None    # seconds from connect to our own FIN (None: not sent)
 
     def describe(self) -> str:
-        return f"{len(self.data)} byte(s) {self.data!r}, then {self.end}"
+        ours = " after our EOF" if self.eof_sent_s is not None else ""
+        return f"{len(self.data)} byte(s) {self.data!r}, then {self.end}{ours}"
 
 
 def connect(transport: str, port: int | None = None, path: str | None = None,
@@ -116,13 +118,26 @@ def read_until_end(sock: socket.socket, timeout: float, *, limit: int = 1 << 20,
     return got
 
 
+GREETING_GRACE_S = 0.5  # fetch_greeting: how long the server may take to close by itself
+
+
 def fetch_greeting(transport: str, port: int | None = None, path: str | None = None, *,
                    timeout: float = 5.0, send_before: bytes = b"",
-                   send_after: bytes = b"", after_delay: float = 0.0) -> Received:
-    """One hello exchange as the classic client would do it, optionally sending
-    data before the greeting (right after connect) and after it (once the greeting
-    and the server's FIN arrived).  Closes normally (FIN) at the end."""
+                   send_after: bytes = b"") -> Received:
+    """One hello exchange as the classic client does it: read until the 13-byte
+    greeting arrived, then close our side — optionally sending data before the
+    greeting (right after connect) and after it.
+
+    A legal server may close first (FIN right after the greeting) or write and then
+    wait for the client's EOF, as it does with the classic client, which closes
+    after its read.  So once the greeting is in, the server gets GREETING_GRACE_S
+    to end the connection by itself (so that one that closes first still does, and
+    its TIME_WAIT stays on its side); then `send_after` is sent (unless the
+    connection already ended), our side is shut down (the server sees EOF) and we
+    keep reading until the server's FIN or RST (or `timeout`): whatever else it
+    writes is still seen.  `eof_sent_s` says whether and when we closed first."""
     t0 = time.monotonic()
+    deadline = t0 + timeout
     sock = connect(transport, port, path, timeout)
     try:
         if send_before:
@@ -130,19 +145,43 @@ def fetch_greeting(transport: str, port: int | None = None, path: str | None = N
                 sock.sendall(send_before)
             except OSError:
                 pass  # the server already reset: what it sent before is still readable
-        got = read_until_end(sock, timeout, t0=t0)
-        if send_after and got.end == "fin":
-            time.sleep(after_delay)
+        got = read_until_end(sock, timeout, limit=len(GREETING), t0=t0)
+        if got.end == "limit":
+            grace = min(GREETING_GRACE_S, max(0.0, deadline - time.monotonic()))
+            more = read_until_end(sock, grace, t0=t0)
+            got = _joined(got, more)
+        if got.end in ("limit", "timeout") and time.monotonic() < deadline:
+            if send_after:
+                try:
+                    sock.sendall(send_after)
+                except OSError:
+                    pass  # the server reset: read_until_end below reports it
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                got.eof_sent_s = time.monotonic() - t0
+            except OSError:
+                pass
+            got = _joined(got, read_until_end(sock, max(0.0, deadline - time.monotonic()),
+                                              t0=t0))
+        elif send_after and got.end == "fin":
+            # The server closed first: our data then meets a socket it may have
+            # closed entirely (its kernel answers with RST; the capture judges).
             try:
                 sock.sendall(send_after)
-                # Give the server's kernel the chance to answer with RST if it
-                # has no reader any more; the capture judges.
                 time.sleep(0.05)
             except OSError:
                 pass
         return got
     finally:
         sock.close()
+
+
+def _joined(first: Received, then: Received) -> Received:
+    """`first` (which stopped before the end) continued by `then`."""
+    return Received(data=first.data + then.data, end=then.end,
+                    first_byte_s=first.first_byte_s if first.first_byte_s is not None
+                    else then.first_byte_s,
+                    end_s=then.end_s, eof_sent_s=first.eof_sent_s)
 
 
 def request(transport: str, port: int | None = None, path: str | None = None, *,

@@ -34,17 +34,17 @@ from dataclasses import dataclass, replace
 
 from conformance.harness.inspect import (
     KINDS,
-    ListenDump,
     SockEntry,
-    SocketNotFound,
-    _entries_for,
-    _group_by_netns,
-    _owners,
-    _read_any,
+    entries_for,
+    group_by_netns,
+    open_diag,
+    owners_of,
     parse_inet,
     parse_unix,
+    read_any,
     tcp_listeners,
 )
+from conformance.harness.sockdiag import SockDiag
 
 __all__ = ["NotReady", "Listener", "wait_listening", "TRANSPORTS"]
 
@@ -156,7 +156,7 @@ def _detail(status: int | None, tail: str) -> str:
 def _last_look(tree: _Tree, probe: _Probe, start: float) -> Listener | list[SockEntry]:
     """At the deadline: every socket of the tree (for the message), or the Listener if
     the target started listening in the last moment (within a poll interval)."""
-    seen = _entries_for(_owners(tree.pids()), KINDS)
+    seen = entries_for(owners_of(tree.pids()), KINDS)
     hit = probe.match_any(seen)
     if hit is not None and hit.pid is not None and hit.fd is not None:
         return Listener(entry=hit, pid=hit.pid, fd=hit.fd, elapsed_s=time.monotonic() - start)
@@ -303,13 +303,13 @@ class _Probe:
         self.want_path = (
             os.path.normpath(os.path.abspath(path)) if path and not path.startswith("@") else path
         )
-        self.dumps: dict[int, ListenDump | None] = {}  # netns inode -> dump (None: use /proc)
+        self.diags: dict[int, SockDiag | None] = {}  # netns inode -> sock_diag (None: use /proc)
 
     def close(self) -> None:
-        for d in self.dumps.values():
+        for d in self.diags.values():
             if d is not None:
                 d.close()
-        self.dumps.clear()
+        self.diags.clear()
 
     def wanted(self) -> str:
         if self.transport == "unix":
@@ -350,11 +350,11 @@ class _Probe:
     # -- one poll --
 
     def poll(self, pids: list[int]) -> SockEntry | None:
-        owners = _owners(pids)
+        owners = owners_of(pids)
         if not owners:
             return None
         owner_pids = list(dict.fromkeys(p for p, _ in owners.values()))
-        for ns, ns_pids in _group_by_netns(owner_pids).items():
+        for ns, ns_pids in group_by_netns(owner_pids).items():
             for e in self._candidates(ns, ns_pids, owners):
                 if e.inode in owners:
                     p, fd = owners[e.inode]
@@ -369,27 +369,21 @@ class _Probe:
         t = self.transport
         out: list[SockEntry] = []
         if t == "unix":
-            data = _read_any(ns_pids, "unix")
+            data = read_any(ns_pids, "unix")
             return [] if data is None else parse_unix(data, owners)
         if t.startswith("udp"):
             for kind in ("udp4", "udp6") if t == "udp4" else ("udp6",):
-                data = _read_any(ns_pids, kind)
+                data = read_any(ns_pids, kind)
                 if data is not None:
                     out += parse_inet(data, kind, owners)
             return out
         kinds = ("tcp4", "tcp6") if t == "tcp4" else ("tcp6",)
-        dump = self._dump(ns, ns_pids[0])
+        if ns not in self.diags:
+            self.diags[ns] = open_diag(ns_pids[0])
         for kind in kinds:
-            found = tcp_listeners(ns_pids, owners, (kind,), self.port or 0, dump=dump)
+            found = tcp_listeners(ns_pids, owners, (kind,), self.port or 0,
+                                  diag=self.diags[ns])
             out += found
             if kind == "tcp4" and found:
                 break  # an IPv4 listener of the tree on the port: no need to ask for IPv6
         return out
-
-    def _dump(self, ns: int, pid: int) -> ListenDump | None:
-        if ns not in self.dumps:
-            try:
-                self.dumps[ns] = ListenDump(pid)
-            except (OSError, SocketNotFound):
-                self.dumps[ns] = None
-        return self.dumps[ns]

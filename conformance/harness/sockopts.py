@@ -23,7 +23,6 @@ from typing import Any
 
 from conformance.evidence import Doubt
 from conformance.harness import inspect
-from conformance.harness.capture import Capture
 from conformance.harness.inspect import SockEntry
 
 FAMILY = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -72,21 +71,6 @@ class DiagRecord:
     def skmem(self, name: str) -> int | None:
         mem = (self.record or {}).get("skmem") or {}
         return mem.get(name)
-
-
-@dataclass(frozen=True)
-class Wire:
-    """A capture as evidence: sound only when it is known to be lossless."""
-    capture: Capture
-
-    def doubt(self) -> Doubt | None:
-        c = self.capture
-        if c.running:
-            return Doubt("the capture was not stopped before it was judged")
-        if not c.lossless:
-            return Doubt(f"the capture lost packets (kernel drops {c.drops}, "
-                         f"overflow {c.overflow}): absence or order cannot be judged")
-        return None
 
 
 @dataclass(frozen=True)

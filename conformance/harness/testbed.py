@@ -26,6 +26,7 @@ from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
 from conformance.harness.process import Proc, Runner, on_exit, pdeath_guard
 from conformance.harness.readiness import Listener, NotReady, wait_listening
+from conformance.harness.wire import Wire
 from conformance.target import Program, Target
 
 LOOPBACK = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "", "udp4": "127.0.0.1"}
@@ -155,6 +156,7 @@ class Testbed:
     _sockdir: Path | None = field(init=False, default=None)
     _traces: int = field(init=False, default=0)
     _datas: int = field(init=False, default=0)
+    _wire: Wire | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.runner = Runner(self.workdir)
@@ -414,13 +416,16 @@ class Testbed:
         if self.capture is None:
             raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
 
-    def wire(self) -> Capture:
-        """The capture so far, stopped and ready to dissect; Inconclusive with the
-        reason when the wire cannot be seen here."""
+    def wire(self) -> Wire:
+        """What the capture saw so far (the capture is stopped: call this once the
+        exchange is over), as an observation whose doubt() says whether it was
+        lossless; Inconclusive (skip) when the wire cannot be seen here."""
         if self.capture is None:
             raise Inconclusive(f"wire evidence unavailable: {self.capture_reason}")
-        self.capture.stop()
-        return self.capture
+        if self._wire is None:
+            self.capture.stop()
+            self._wire = Wire.of(self.capture)
+        return self._wire
 
     def pcap(self) -> Path | None:
         if self.capture is None:

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from conformance.evidence import Doubt
 from conformance.harness import capture, netns
 from conformance.harness.capture import Capture, CaptureUnavailable
+from conformance.harness.wire import Wire
 
 REPO = Path(__file__).resolve().parents[2]
 GREETING = b"Hello World!\0"
@@ -133,8 +135,8 @@ def test_normal_close_shows_fin_and_no_rst(iso: netns.Isolation, loop: tuple[int
         _join(t)
         time.sleep(0.05)  # the last ACK
     assert bytes(got) == GREETING
-    assert cap.drops == 0 and cap.lossless
-    (conn,) = cap.tcp_connections(port)
+    assert cap.drops == 0 and cap.lossless and Wire.of(cap).doubt() is None
+    (conn,) = Wire.of(cap).tcp_connections(port)
     assert conn.server == (addr, port)
     assert conn.client == (addr, client_port)
     assert [s.flags for s in conn.segments[:3]] == ["S", "SA", "A"]
@@ -169,7 +171,7 @@ def test_greeting_as_13_one_byte_segments(iso: netns.Isolation) -> None:
             got = _read_until_eof(cli)
         _join(t)
     assert got == GREETING
-    (conn,) = cap.tcp_connections(port)
+    (conn,) = Wire.of(cap).tcp_connections(port)
     segs = conn.payload_segments(True)
     assert [len(s.payload) for s in segs] == [1] * 13, conn.describe()
     assert b"".join(s.payload for s in segs) == GREETING == conn.payload(True)
@@ -200,7 +202,7 @@ def test_linger_zero_close_shows_rst_and_no_fin(
                 cli.recv(64)
             except ConnectionResetError:
                 pass
-    (conn,) = cap.tcp_connections(port)
+    (conn,) = Wire.of(cap).tcp_connections(port)
     assert conn.rst(True), conn.describe()
     assert conn.fin(True) is None, conn.describe()
     assert all(s.from_server for s in conn.rst())
@@ -223,7 +225,7 @@ def test_close_with_unread_data_resets(iso: netns.Isolation) -> None:
             arrived.set()
             _join(t)
             time.sleep(0.05)
-    (conn,) = cap.tcp_connections(port)
+    (conn,) = Wire.of(cap).tcp_connections(port)
     assert conn.payload(False) == b"unsolicited"
     assert conn.rst(True) and conn.fin(True) is None, conn.describe()
 
@@ -250,13 +252,13 @@ def test_connections_in_order_and_filtered_by_port(iso: netns.Isolation) -> None
                     assert srv.recv(16) == msg
                 clients.append(c.getsockname()[:2])
         time.sleep(0.05)
-    conns = cap.tcp_connections(port4)
+    conns = Wire.of(cap).tcp_connections(port4)
     assert [c.payload(False) for c in conns] == [b"one", b"three"]
     assert [c.client for c in conns] == [clients[0], clients[2]]
-    (c6,) = cap.tcp_connections(port6)
+    (c6,) = Wire.of(cap).tcp_connections(port6)
     assert c6.server == ("::1", port6) and c6.client == clients[1] and c6.payload(False) == b"two"
-    assert [c.payload(False) for c in cap.tcp_connections(other_port)] == [b"else"]
-    assert cap.tcp_connections(1) == []
+    assert [c.payload(False) for c in Wire.of(cap).tcp_connections(other_port)] == [b"else"]
+    assert Wire.of(cap).tcp_connections(1) == []
 
 
 # ------------------------------------------------------------------------------- UDP
@@ -278,13 +280,13 @@ def test_udp_datagrams(iso: netns.Isolation, loop: tuple[int, str]) -> None:
             srv.sendto(data, peer)
             assert cli.recv(70000) == m
         cport = cli.getsockname()[1]
-    dgs = cap.udp_datagrams(port)
+    dgs = Wire.of(cap).udp_datagrams(port)
     assert [d.payload for d in dgs] == [m for m in msgs for _ in (0, 1)]
     assert [(d.src, d.dst) for d in dgs[:2]] == [
         ((addr, cport), (addr, port)),
         ((addr, port), (addr, cport)),
     ]
-    assert cap.udp_datagrams(cport) == dgs
+    assert Wire.of(cap).udp_datagrams(cport) == dgs
 
 
 @pytest.mark.parametrize("kernel_filter", [True, False], ids=["ignore_outgoing", "pkttype"])
@@ -329,7 +331,7 @@ def test_lossless_10k_udp_datagrams(private_netns: netns.Isolation, record_prope
             elapsed = time.perf_counter() - t0
     record_property("udp_pps", round(n / elapsed))
     assert cap.drops == 0 and cap.overflow == 0 and cap.lossless
-    dgs = cap.udp_datagrams(dst[1])
+    dgs = Wire.of(cap).udp_datagrams(dst[1])
     seen = [int.from_bytes(d.payload, "big") for d in dgs]
     assert len(seen) == n and sorted(seen) == list(range(n))  # each one, exactly once
     assert seen == list(range(n))  # and in order
@@ -376,7 +378,7 @@ def test_lossless_10k_small_tcp_segments(private_netns: netns.Isolation, record_
     assert got == [bytes(sent)]
     assert cap.drops == 0 and cap.lossless
     assert len(cap.frames) == cap.kernel_packets
-    (conn,) = cap.tcp_connections(port)
+    (conn,) = Wire.of(cap).tcp_connections(port)
     c2s = [s for s in conn.segments if not s.from_server]
     s2c = [s for s in conn.segments if s.from_server]
     assert (len(c2s), len(s2c)) == (segs_out, segs_in)  # every segment, each once
@@ -401,6 +403,24 @@ def test_max_frames_overflow_is_counted(private_netns: netns.Isolation) -> None:
     assert len(cap.frames) == 10
     assert cap.overflow == 40 and cap.drops == 0
     assert not cap.lossless
+    # A lossy capture is an observation that cannot back a verdict.
+    doubt = Wire.of(cap).doubt()
+    assert doubt is not None and doubt.kind == "skip"
+    assert doubt.reason.startswith("capture dropped 40 packets"), doubt
+
+
+def test_doubt_of_a_capture_running_dropping_or_failing() -> None:
+    cap = Capture()
+    assert cap.doubt() is not None  # never started: not stopped, no statistics
+    cap.stop()
+    assert cap.doubt() is None  # stopped with nothing lost
+    cap.drops = 3
+    assert cap.doubt() == Doubt("capture dropped 3 packets (kernel drops 3, over max_frames 0)")
+    cap.drops = 0
+    cap.errors.append("PACKET_STATISTICS: [Errno 9] Bad file descriptor")
+    d = cap.doubt()
+    assert d is not None and "losslessness unknown" in d.reason
+    assert Wire([]).doubt() is not None  # frames of unknown provenance
 
 
 # ------------------------------------------------------------------- output formats
@@ -436,7 +456,7 @@ def test_write_pcap_readable_by_scapy(iso: netns.Isolation, tmp_path: Path) -> N
     assert all(abs(float(p.time) - ts) < 2e-6 for p, (ts, _) in zip(pkts, cap.frames, strict=True))
     assert all(TCP in p for p in pkts)
     # Our dissector agrees with scapy's.
-    (conn,) = cap.tcp_connections(port)
+    (conn,) = Wire.of(cap).tcp_connections(port)
     for seg in conn.segments:
         tcp = pkts[seg.index - 1][TCP]
         assert (str(tcp.flags), tcp.seq, tcp.ack, bytes(tcp.payload)) == (
@@ -449,7 +469,9 @@ def test_write_pcap_readable_by_scapy(iso: netns.Isolation, tmp_path: Path) -> N
     again = Capture.from_pcap(path)
     assert again.linktype == cap.linktype
     assert [f for _, f in again.frames] == [f for _, f in cap.frames]
-    (c2,) = again.tcp_connections(port)
+    (c2,) = Wire.of(again).tcp_connections(port)
+    # A file does not say whether its capture was lossless: no verdict rests on it.
+    assert Wire.of(again).doubt() is not None and Wire.of(cap).doubt() is None
     assert [(s.index, s.flags, s.seq, s.ack, s.payload) for s in c2.segments] == [
         (s.index, s.flags, s.seq, s.ack, s.payload) for s in conn.segments
     ]
@@ -482,8 +504,9 @@ def test_packets_is_a_scapy_packet_list(iso: netns.Isolation) -> None:
     from scapy.plist import PacketList
 
     cap, port = _small_exchange("::1", socket.AF_INET6)
-    pl = cap.packets()
-    assert isinstance(pl, PacketList) and cap.packets() is pl
+    wire = Wire.of(cap)
+    pl = wire.packets()
+    assert isinstance(pl, PacketList) and wire.packets() is pl
     assert len(pl) == len(cap.frames)
     assert all(IPv6 in p for p in pl)
     assert float(pl[0].time) == cap.frames[0][0]
@@ -507,7 +530,7 @@ def test_stop_closes_everything_and_is_idempotent(iso: netns.Isolation) -> None:
     assert not cap2.running and _no_reader_threads()
     # Dissecting a running capture is refused.
     with Capture() as cap3, pytest.raises(RuntimeError, match="stop"):
-        cap3.tcp_connections(1)
+        Wire.of(cap3)
 
 
 def test_unknown_interface_is_unavailable(iso: netns.Isolation) -> None:
@@ -565,8 +588,7 @@ def test_reassembly_dedups_retransmissions_across_seq_wrap(v6: bool) -> None:
         ],
         v6=v6,
     )
-    cap = Capture.from_frames(frames)
-    (conn,) = cap.tcp_connections(80)
+    (conn,) = Wire(frames).tcp_connections(80)
     assert conn.client[1] == 40000 and conn.server[1] == 80
     assert conn.payload(False) == b"0123456789ABCDEFGHIJKL"
     assert [s.index for s in conn.payload_segments(False)] == [5, 6, 7, 9]
@@ -593,8 +615,7 @@ def test_reassembly_reports_holes_and_splits_reused_tuples() -> None:
             (False, "PA", 9001, 701, b"second"),
         ]
     )
-    cap = Capture.from_frames(frames)
-    first, second = cap.tcp_connections(80)
+    first, second = Wire(frames).tcp_connections(80)
     assert first.payload(False) == b"abcghi"
     assert first.gaps(False) == [(3, 6)]
     assert [s.flags for s in first.rst(False)] == ["R"] and first.rst(True) == []
@@ -630,13 +651,17 @@ def nobody_python() -> str:
 
 @pytest.fixture
 def nobody_dir() -> Iterator[Path]:
-    """World-readable copies of capture.py and netns.py (both are stdlib-only)."""
+    """World-readable copies of capture.py, netns.py and what they import (all
+    stdlib-only), as the package tree the script imports them from."""
     d = Path(tempfile.mkdtemp(prefix="sockconf-nobody-", dir="/tmp"))
     try:
         d.chmod(0o755)
-        for name in ("capture.py", "netns.py"):
-            shutil.copy(REPO / "conformance" / "harness" / name, d / name)
-            (d / name).chmod(0o644)
+        for name in ("__init__.py", "evidence.py", "harness/__init__.py", "harness/capture.py",
+                     "harness/netns.py", "harness/wire.py"):
+            (d / "conformance" / name).parent.mkdir(mode=0o755, exist_ok=True)
+            (d / "conformance").chmod(0o755)
+            shutil.copy(REPO / "conformance" / name, d / "conformance" / name)
+            (d / "conformance" / name).chmod(0o644)
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -645,7 +670,9 @@ def nobody_dir() -> Iterator[Path]:
 def _run_as_nobody(py: str, d: Path, body: str) -> dict:
     import textwrap
 
-    (d / "script.py").write_text(textwrap.dedent(body))
+    script = "import sys\nsys.path.insert(0, '.')\nfrom conformance.harness import capture, netns\n"
+    script += "from conformance.harness.wire import Wire\n"
+    (d / "script.py").write_text(script + textwrap.dedent(body))
     (d / "script.py").chmod(0o644)
     r = subprocess.run(
         [*_SETPRIV, py, "-E", "-s", str(d / "script.py")],
@@ -664,7 +691,7 @@ def test_unavailable_without_cap_net_raw(nobody_python: str, nobody_dir: Path) -
         nobody_python,
         nobody_dir,
         """
-        import json, threading, capture
+        import json, threading
         out = {"available": capture.available()}
         try:
             capture.Capture().start()
@@ -691,7 +718,7 @@ def test_lossless_10k_udp_as_nobody_in_user_namespace(
         nobody_python,
         nobody_dir,
         """
-        import json, socket, time, capture, netns
+        import json, socket, time
         assert netns.enter_user_namespace()
         iso = netns.isolate()
         n = 10_000
@@ -704,7 +731,7 @@ def test_lossless_10k_udp_as_nobody_in_user_namespace(
                 for i in range(n):
                     cli.sendto(i.to_bytes(4, "big"), srv.getsockname())
                 dt = time.perf_counter() - t0
-            seen = [int.from_bytes(d.payload, "big") for d in cap.udp_datagrams(srv.getsockname()[1])]
+            seen = [int.from_bytes(d.payload, "big") for d in Wire.of(cap).udp_datagrams(srv.getsockname()[1])]
         print(json.dumps({"iso": [iso.kind, iso.wire], "drops": cap.drops,
                           "frames": len(cap.frames), "kernel": cap.kernel_packets,
                           "all": seen == list(range(n)), "rcvbuf": cap.rcvbuf_effective,
