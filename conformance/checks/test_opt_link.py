@@ -24,6 +24,7 @@ from conformance.harness import peers, sockopts
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.links import Link, open_link
 from conformance.harness.testbed import Server, Testbed
+from conformance.harness.wire import Wire
 
 FAR_WAIT_S = 1.0     # a SYN-ACK (or an echo) on a veth comes within microseconds
 NEAR_WAIT_S = 5.0    # a hang guard for the on-link exchange
@@ -39,7 +40,7 @@ class LinkWire:
 
     def doubt(self) -> Doubt | None:
         for cap in (self.inbound, self.outbound):
-            d = sockopts.Wire(cap).doubt()
+            d = cap.doubt()
             if d is not None:
                 return d
         return None
@@ -48,17 +49,18 @@ class LinkWire:
         self.inbound.stop()
         self.outbound.stop()
 
-    def count(self, *, to: str | None = None, port: int | None = None,
-              outbound: bool) -> int:
-        """Packets of one direction to address `to` and/or from/to `port`."""
-        n = 0
-        for _i, _ts, l4 in (self.outbound if outbound else self.inbound)._l4():
-            d = l4.data
-            if len(d) < 4:
-                continue
-            ports = (d[0] << 8 | d[1], d[2] << 8 | d[3])
-            if (to is None or l4.dst == to) and (port is None or port in ports):
-                n += 1
+    def count(self, port: int, *, peer: str, outbound: bool) -> int:
+        """TCP segments and UDP datagrams between `port` and the address `peer`
+        in one direction (outbound: from our side to `peer`; else from `peer`)."""
+        wire = Wire.of(self.outbound if outbound else self.inbound)
+        n = sum(1 for d in wire.udp_datagrams(port)
+                if (d.dst if outbound else d.src)[0] == peer)
+        for conn in wire.tcp_connections(port):
+            for seg in conn.segments:
+                sender, receiver = ((conn.server, conn.client) if seg.from_server
+                                    else (conn.client, conn.server))
+                if (receiver if outbound else sender)[0] == peer:
+                    n += 1
         return n
 
 
@@ -149,8 +151,8 @@ def test_dontroute(bed: Testbed) -> Pass:
             ok, got = link.inside(lambda: _tcp_from(link.gateway, dst, NEAR_WAIT_S, probe))
             near_ok = ok and got is not None and bool(got.data)
             near_text = got.describe() if got is not None else "no handshake"
-    to = wire.count(port=srv.port, to=link.near, outbound=False)
-    back = wire.count(port=srv.port, to=link.far, outbound=True)
+    to = wire.count(srv.port, peer=link.far, outbound=False)
+    back = wire.count(srv.port, peer=link.far, outbound=True)
     if far_served or back:
         raise Violation(f"with dontroute, a peer behind the gateway ({link.far}) was answered "
                         f"({back} packet(s) back to it on the link)")
@@ -219,7 +221,7 @@ def test_client_dontroute(bed: Testbed) -> Pass:
             near_lst.close()
             far_t.join(3)
             near_t.join(3)
-    syns = wire.count(to=link.far, outbound=True)
+    syns = wire.count(far_port, peer=link.far, outbound=True)
     if syns or far.rc == 0:
         raise Violation(f"with dontroute the client reached a server behind the gateway "
                         f"({syns} packet(s) to {link.far} on the link; client {far.describe()})")
