@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.evidence import Doubt
-from conformance.harness import inspect
+from conformance.harness import inspect, sockfd
 from conformance.harness.inspect import SockEntry
 
 FAMILY = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -114,8 +114,8 @@ def sendto_of(entry: SockEntry, data: bytes, addr: tuple[str, int]) -> int:
     sent, else the errno (EACCES: a broadcast without SO_BROADCAST).  The
     duplicate is closed at once; the target's socket is otherwise untouched."""
     assert entry.pid is not None and entry.fd is not None
-    # pidfd_getfd, as getsockopt_of does it (inspect's own helper).
-    dup = inspect._getfd(entry.pid, entry.fd)
+    # pidfd_getfd through sockfd's helper, as its getsockopt_of does.
+    dup = sockfd._getfd(entry.pid, entry.fd)
     sock = socket.socket(fileno=dup)
     try:
         sock.sendto(data, socket.MSG_DONTWAIT, addr)
