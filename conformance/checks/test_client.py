@@ -7,8 +7,7 @@ import re
 from conformance.checks import support
 from conformance.clauses import clause, client_side
 from conformance.evidence import Inconclusive, Pass, Violation, require
-from conformance.harness import peers
-from conformance.harness import trace as tracing
+from conformance.harness import peers, syscalls
 from conformance.harness.testbed import Testbed
 
 SEGMENT_GAP_S = 0.1   # CLI-2: far apart enough that each byte is its own segment and read
@@ -120,8 +119,8 @@ def test_no_explicit_bind(bed: Testbed) -> Pass:
         run = bed.run(bed.client_argv(transport, peer.port), trace=True, timeout=CLIENT_GUARD_S)
     if run.trace_log is None:
         raise RuntimeError("a traced run without a trace log")
-    trace = tracing.parse(run.trace_log)
-    binds = tracing.calls_named(trace, "bind")
+    trace = syscalls.parse(run.trace_log)
+    binds = syscalls.calls_named(trace, "bind")
     for c in binds:
         m = BIND_PORT.search(c.args)
         if c.sock and m and int(m.group(1)) != 0:
