@@ -7,8 +7,7 @@ import re
 from conformance.checks import support
 from conformance.clauses import clause, client_side
 from conformance.evidence import Inconclusive, Pass, Violation, require
-from conformance.harness import peers
-from conformance.harness import trace as tracing
+from conformance.harness import peers, syscalls
 from conformance.harness.testbed import Testbed
 
 SEGMENT_GAP_S = 0.1   # CLI-2: far apart enough that each byte is its own segment and read
@@ -53,7 +52,8 @@ def test_prints_greeting(bed: Testbed, client_transport: str) -> Pass:
 def test_one_byte_segments(bed: Testbed) -> Pass:
     transport = "tcp4" if "tcp4" in bed.client_program.transports else "tcp6"
     bed.require_transport(bed.client_program, transport)
-    bed.require_wire()
+    # No require_wire() up front: wrong output is a violation even where the
+    # segmentation cannot be verified; only a pass needs the wire.
     # "Printed whole": as this client prints a greeting that arrives at once
     # (whether that line is right is CLI-1's business).
     with _peer(bed, transport, peers.greet()) as normal_peer:
@@ -119,8 +119,8 @@ def test_no_explicit_bind(bed: Testbed) -> Pass:
         run = bed.run(bed.client_argv(transport, peer.port), trace=True, timeout=CLIENT_GUARD_S)
     if run.trace_log is None:
         raise RuntimeError("a traced run without a trace log")
-    trace = tracing.parse(run.trace_log)
-    binds = tracing.calls_named(trace, "bind")
+    trace = syscalls.parse(run.trace_log)
+    binds = syscalls.calls_named(trace, "bind")
     for c in binds:
         m = BIND_PORT.search(c.args)
         if c.sock and m and int(m.group(1)) != 0:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.evidence import Doubt
-from conformance.harness import inspect
+from conformance.harness import inspect, sockfd
 from conformance.harness.inspect import SockEntry
 
 FAMILY = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -107,6 +107,23 @@ def read_option(entry: SockEntry, level: int, optname: int, what: str,
     except OSError as e:
         return OptionReading(label, None, f"getsockopt failed: {e}")
     return OptionReading(label, value)
+
+
+def sendto_of(entry: SockEntry, data: bytes, addr: tuple[str, int]) -> int:
+    """sendto() through a duplicate of the target's datagram socket `entry`: 0 when
+    sent, else the errno (EACCES: a broadcast without SO_BROADCAST).  The
+    duplicate is closed at once; the target's socket is otherwise untouched."""
+    assert entry.pid is not None and entry.fd is not None
+    # pidfd_getfd through sockfd's helper, as its getsockopt_of does.
+    dup = sockfd._getfd(entry.pid, entry.fd)
+    sock = socket.socket(fileno=dup)
+    try:
+        sock.sendto(data, socket.MSG_DONTWAIT, addr)
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        sock.close()
+    return 0
 
 
 def _same_addr(a: tuple[str, int], b: tuple[str, int]) -> bool:
