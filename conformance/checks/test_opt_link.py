@@ -217,8 +217,13 @@ def test_client_dontroute(bed: Testbed) -> Pass:
             near = bed.run(bed.client_argv("tcp4", near_port, host=link.gateway, options=opts),
                            timeout=NEAR_WAIT_S, name="near")
         finally:
-            far_lst.close()
-            near_lst.close()
+            for lst in (far_lst, near_lst):
+                # shutdown() wakes a thread blocked in accept(); close() alone does not.
+                try:
+                    lst.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                lst.close()
             far_t.join(3)
             near_t.join(3)
     syns = wire.count(far_port, peer=link.far, outbound=True)
