@@ -97,7 +97,10 @@ def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> Pass:
     transport = bed.primary(bed.client_program)
     if transport == "unix":
         pytest.skip("the early-end peers are TCP (RST has no AF_UNIX equivalent)")
-    with peers.PeerServer(peers.cut_short(nbytes, reset=reset), transport) as peer:
+    # 0.2 s (times the client's timeout_scale) for the client to see its connect
+    # complete before the server ends the connection early.
+    early_end = peers.cut_short(nbytes, reset=reset, after=0.2 * bed.client_program.timeout_scale)
+    with peers.PeerServer(early_end, transport) as peer:
         run = bed.run(bed.client_argv(transport, peer.port), timeout=5.0)
     end = "RST" if reset else "FIN"
     if run.stdout:
