@@ -266,6 +266,23 @@ def handshake(transport: str, port: int, wait: float) -> tuple[socket.socket, bo
     return s, s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 
 
+def completed(socks: list[socket.socket], wait: float) -> list[bool]:
+    """Which of these non-blocking connects have completed, waiting up to `wait`
+    seconds in all for those still pending (a SYN-ACK delayed under load)."""
+    deadline = time.monotonic() + wait
+    done = [False] * len(socks)
+    while True:
+        for i, s in enumerate(socks):
+            if not done[i]:
+                p = select.poll()
+                p.register(s.fileno(), select.POLLOUT)
+                if p.poll(0) and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    done[i] = True
+        if all(done) or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.01)
+
+
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:
     """Until /proc/PID/stat shows the process stopped (state T) or `timeout`."""
     deadline = time.monotonic() + timeout
