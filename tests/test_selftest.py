@@ -21,14 +21,10 @@ from tests.helpers import PROFILES, manifest, polyglot_manifest, sockconf
 FIXTURES = [fx for p in PROFILES for fx in manifest(p)] + polyglot_manifest()
 
 
-# OPT clauses that have no check yet: their honest `skip` is expected.
-_OPT_WITHOUT_CHECK = {"OPT-BROADCAST", "OPT-DONTROUTE"}
-
-
 def _must_judge(profile: str, target_file: Path | None) -> list[str]:
     """Clauses a full run here (root, strace, private namespace) must actually
     judge for this target: all of its profile's, the OPT clauses of the options it
-    declares (server or client; those without a check yet excepted), and ECHO-4
+    declares (server or client), and ECHO-4
     only for a target that declares the udp4 transport."""
     if target_file is None:
         target_file = BUILTIN_DIR / f"reference-{profile}.toml"
@@ -37,7 +33,7 @@ def _must_judge(profile: str, target_file: Path | None) -> list[str]:
     declared = {*doc.get("server", {}).get("options", {}), *doc.get("client", {}).get("options", {})}
     out = []
     for c in applicable(profile):
-        if c.option and (c.option not in declared or c.id in _OPT_WITHOUT_CHECK):
+        if c.option and c.option not in declared:
             continue
         if c.id == "OPT-OOBINLINE" and profile != "echo":
             continue  # urgent data is defined for the echo profile only

@@ -87,7 +87,6 @@ def test_connect_refused(bed: Testbed) -> Pass:
 # -- ERR-3 ------------------------------------------------------------------------------------
 
 EARLY_ENDS = [(0, False), (0, True), (5, False), (5, True)]
-CONNECT_SETTLE_S = 0.2
 
 
 @client_side
@@ -98,12 +97,10 @@ def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> Pass:
     transport = bed.primary(bed.client_program)
     if transport == "unix":
         pytest.skip("the early-end peers are TCP (RST has no AF_UNIX equivalent)")
-    # The early end comes once the client's connect() has completed on its side
-    # (a pause, scaled): an event-loop client connects non-blocking, and an RST
-    # that beats its SO_ERROR read is reported as a failed connect (ERR-2's line),
-    # which is what the kernel told it, not this clause's case.
-    pause = CONNECT_SETTLE_S * bed.client_program.timeout_scale
-    with peers.PeerServer(peers.cut_short(nbytes, reset=reset, pause=pause), transport) as peer:
+    # 0.2 s (times the client's timeout_scale) for the client to see its connect
+    # complete before the server ends the connection early.
+    early_end = peers.cut_short(nbytes, reset=reset, after=0.2 * bed.client_program.timeout_scale)
+    with peers.PeerServer(early_end, transport) as peer:
         run = bed.run(bed.client_argv(transport, peer.port), timeout=5.0)
     end = "RST" if reset else "FIN"
     if run.stdout:
