@@ -19,8 +19,8 @@ _ISOLATION_NAMES = {"netns": "netns", "userns": "user+netns", "host": "host"}
 def strace_version() -> str | None:
     """The installed strace's version ("6.1"), "unknown" when it runs but says
     no version, None when there is no strace (the tracing clauses then skip)."""
-    from conformance.harness import trace
-    path = trace.strace_path()
+    from conformance.harness import strace
+    path = strace.strace_path()
     if path is None:
         return None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from conformance.evidence import NOT_APPLICABLE, Inconclusive, Violation
 from conformance.harness import packets, peers, sockopts
@@ -70,10 +70,11 @@ def listener(srv: Server) -> SockEntry:
 
 
 def judge_probes(conv: list[packets.TcpPacket], port: int
-                 ) -> tuple[list[packets.TcpPacket], packets.TcpPacket, float]:
+                 ) -> tuple[list[packets.TcpPacket], packets.TcpPacket,
+                            Callable[[packets.TcpPacket], float]]:
     """Keepalive with the suite's values, judged on a conversation (dissected with
     scapy) whose peer stopped answering: the probes and the RST that the target
-    (on `port`) sent, and when it last heard the peer (the idle start)."""
+    (on `port`) sent, and the clock of the idle time (seconds since it began)."""
     idle, interval, count = KEEPALIVE
     from_target = [p for p in conv if p.src[1] == port]
     rst = next((p for p in from_target if "R" in p.flags), None)
@@ -96,16 +97,39 @@ def judge_probes(conv: list[packets.TcpPacket], port: int
     heard = [p for p in conv if p.dst[1] == port and p.index < first.index]
     if not heard:
         raise Inconclusive("no packet of the peer before the probes in the capture")
-    t0 = heard[-1].time  # keepalive counts from the last packet the server received
+    since = _idle_clock(conv, port, heard[-1], first)
     if len(probes) != count:
         raise Violation(f"keepalive {idle} {interval} {count}: {len(probes)} probe(s) before the "
                         f"RST, expected {count}: " + "; ".join(
-                            f"+{p.time - t0:.2f} s {p.describe()}" for p in [*probes, rst]))
+                            f"+{since(p):.2f} s {p.describe()}" for p in [*probes, rst]))
     due = [idle + k * interval for k in range(count + 1)]
     for p, at in zip([*probes, rst], due, strict=True):
-        took = p.time - t0
+        took = since(p)
         if not at - EARLY_S <= took <= at * LATE_FACTOR + LATE_S:
             raise Violation(f"keepalive {idle} {interval} {count}: {p.describe()} at +{took:.3f} s "
                             f"after the last packet of the peer, expected +{at} s "
                             f"(up to {at * LATE_FACTOR + LATE_S:.2f} s)")
-    return probes, rst, t0
+    return probes, rst, since
+
+
+def _idle_clock(conv: list[packets.TcpPacket], port: int, heard: packets.TcpPacket,
+                first: packets.TcpPacket) -> Callable[[packets.TcpPacket], float]:
+    """Seconds from the start of the idle time to a packet of the target.
+
+    The target's own clock where it can be read: the TCP timestamps (TSval, ms)
+    of its packets, counted from its last packet before the last one it heard
+    (so never after the true idle start: a delay can only look late, never
+    early).  The capture's receive times are the fallback; they are taken by a
+    reader thread and can lag under load, which could make a probe look early."""
+    before = [p for p in conv if p.src[1] == port and p.index < heard.index]
+    stamped = bool(before) and all("Timestamp" in p.options for p in [before[-1], first])
+    if stamped:
+        ref = before[-1].options["Timestamp"][0]
+
+        def by_tsval(p: packets.TcpPacket) -> float:
+            ts = p.options.get("Timestamp")
+            if ts is None:
+                return p.time - heard.time
+            return ((ts[0] - ref) % 2**32) / 1000.0
+        return by_tsval
+    return lambda p: p.time - heard.time

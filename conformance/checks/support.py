@@ -1,25 +1,22 @@
-"""Judgements shared by several checks: expected texts, argv surgery, 2-phase
-fault-injection points.  No process is spawned here except through the testbed."""
+"""Judgements shared by several checks: expected texts, the profile's normal
+exchange, argv surgery.  No process is spawned here except through the testbed
+(fault injection: `faults`)."""
 
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from conformance.checks import profiles
 from conformance.evidence import Inconclusive, Pass, require
 from conformance.harness import peers
-from conformance.harness import trace as tracing
 from conformance.harness.testbed import (
     STREAM_TRANSPORTS,
     ClientRun,
@@ -37,31 +34,78 @@ WRITE_FAMILY = ("write", "writev", "sendto", "sendmsg", "sendmmsg", "pwrite64", 
 
 # -- texts ---------------------------------------------------------------------------------
 
-def program_names(argv: list[str], base_dir: Path) -> set[str]:
-    """The names a program may legitimately print as its argv[0].
+# Options of interpreters and VMs (java, node, python, perl, ruby) that take the
+# next argument as their value: that value is not the script or main class.
+_VALUE_OPTIONS = frozenset({"-cp", "-classpath", "--class-path", "-p", "--module-path",
+                            "--add-modules", "-r", "--require", "--import", "--loader", "-W",
+                            "-X", "-I", "-M", "-x", "--env-file"})
+_OWN_ARGS = ("port", "host", "path", "data")
 
-    A C program sees argv[0] exactly as exec'd; a script run through its shebang
-    sees the resolved path; a Python program run as `python file.py` or
-    `python -m mod` sees the file's path."""
-    argv0 = argv[0]
-    names = {argv0}
-    if "/" in argv0:
-        names.add(str((base_dir / argv0).resolve()))
-    else:
+
+def program_names(argv: list[str], template: tuple[str, ...], base_dir: Path) -> set[str]:
+    """The names a program may legitimately print as `<prog>` (REQUIREMENTS ARGS-1/2):
+    argv[0] or its basename (or the file it resolves to: a script run through
+    its shebang sees that path), or — for a program started through an
+    interpreter or VM (`python3 x.py`, `python3 -m pkg`, `node x.js`, `perl x.pl`,
+    `java -cp bin Hello`, `java -jar app.jar`) — the script, module or main class
+    named on the command line before the program's own arguments, as a path or
+    a basename.  `argv` is the full command line, `template` the target's argv
+    template it was expanded from (its placeholders mark the program's own
+    arguments)."""
+    names: set[str] = set()
+
+    def add(name: str, *, file: bool = True) -> None:
+        names.update({name, os.path.basename(name)})
+        if file:  # the file it names, relative to the target's directory, resolved
+            names.add(str((base_dir / name).resolve()))
+
+    add(argv[0], file="/" in argv[0])  # a bare argv[0] is looked up in PATH
+    if "/" not in argv[0]:
         import shutil
 
         from conformance.harness.process import child_env
-        found = shutil.which(argv0, path=child_env(None)["PATH"])
+        found = shutil.which(argv[0], path=child_env(None)["PATH"])
         if found:
             names.add(found)
-    if os.path.basename(argv0).startswith("python") and len(argv) > 1:
-        if argv[1] == "-m" and len(argv) > 2:
-            spec = importlib.util.find_spec(argv[2])
-            if spec and spec.origin:
-                names.add(spec.origin)
-        elif not argv[1].startswith("-"):
-            names |= {argv[1], str((base_dir / argv[1]).resolve())}
+    takes_value = False
+    module = False
+    for arg, t in zip(argv[1:], template[1:], strict=False):
+        if any("{" + p + "}" in t for p in _OWN_ARGS):
+            break  # the program's own arguments start here
+        if takes_value:
+            takes_value = False
+            continue
+        if module:  # python -m pkg, java -m mod/Main
+            module = False
+            add(arg, file=False)
+            names.update(_module_files(arg, base_dir))
+            names.add(arg.rsplit("/", 1)[-1].rsplit(".", 1)[-1])
+            continue
+        if arg in ("-m", "--module"):
+            module = True
+        elif arg in _VALUE_OPTIONS:
+            takes_value = True
+        elif not arg.startswith("-"):
+            add(arg)
+            if arg.endswith(".java"):  # the source-file launcher: the class inside
+                names.add(os.path.basename(arg)[:-5])
+            elif "." in arg and "/" not in arg and os.path.splitext(arg)[1] not in (
+                    ".js", ".mjs", ".cjs", ".py", ".pl", ".rb", ".php", ".jar", ".sh"):
+                names.add(arg.rsplit(".", 1)[-1])  # a Java main class: com.example.Hello
     return names
+
+
+def _module_files(module: str, base_dir: Path) -> set[str]:
+    """Where `python -m module` finds the file it runs (sys.argv[0] is its path):
+    a module file, or a package's __main__.py, looked up from the target's
+    directory without importing anything."""
+    rel = Path(*module.split("."))
+    out = set()
+    for root in (base_dir, *map(Path, sys.path)):
+        for cand in (root / rel.with_suffix(".py"), root / rel / "__main__.py"):
+            if cand.is_file():
+                out |= {str(cand.resolve()), cand.name}
+    return out
 
 
 def expect_usage(run: ClientRun, names: set[str], rest: str) -> Pass:
@@ -209,192 +253,7 @@ def without_positionals(argv: list[str], template: tuple[str, ...], placeholders
             if not any("{" + p + "}" in t for p in placeholders)]
 
 
-# -- 2-phase fault injection -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Point:
-    """A lifecycle call found in a trace of a normal run: inject at its ordinal."""
-    syscall: str
-    when: int
-
-    def injection(self, error: str) -> tracing.Injection:
-        return tracing.Injection((self.syscall,), error, self.when)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A traced normal run: where the lifecycle calls are, and what happened."""
-    points: dict[str, Point]
-    received: peers.Received | None = None   # server runs: what our client got
-    rc: int | None = None                    # exit status (None: still running, killed)
-    stdout: bytes = b""                      # client runs: what it printed
-
-
-_baselines: dict[tuple[object, ...], Baseline] = {}
-
-
-def _fd_role_points(trace: tracing.Trace, role: str) -> dict[str, Point]:
-    """Ordinals of the lifecycle calls in a normal run's trace.
-
-    server: the socket()/bind()/listen() of the descriptor that was listen()ed on,
-    the first read and write on the first accepted connection.
-    client: the socket()/connect() of the descriptor that read data, its first read."""
-    calls = trace.calls
-    points: dict[str, Point] = {}
-
-    def last_before(idx: int, pid: int, pred: Callable[[tracing.Call], bool]) -> tracing.Call | None:
-        for c in reversed(calls[:idx]):
-            if c.pid == pid and pred(c):
-                return c
-        return None
-
-    if role == "server":
-        li = next((i for i, c in enumerate(calls) if c.name == "listen" and c.ret == 0), None)
-        if li is None:
-            return points
-        lst = calls[li]
-        fd, pid = lst.fd, lst.pid
-        for name, pred in (
-            ("socket", lambda c: c.name == "socket" and c.ret == fd),
-            ("bind", lambda c: c.name == "bind" and c.fd == fd),
-        ):
-            c = last_before(li, pid, pred)
-            if c is not None and (p := _point_of(calls, c)):
-                points[name] = p
-        points["listen"] = _point_of(calls, lst) or Point("listen", 1)
-        acc = next((c for c in calls[li:] if c.name in ("accept", "accept4") and c.ret is not None
-                    and c.ret >= 0), None)
-        if acc is not None:
-            if p := _point_of(calls, acc):
-                points["accept"] = p
-            conn = acc.ret
-            after = calls[calls.index(acc):]
-            rd = next((c for c in after if c.pid == acc.pid and c.fd == conn and c.name in READ_FAMILY), None)
-            wr = next((c for c in after if c.pid == acc.pid and c.fd == conn and c.name in WRITE_FAMILY), None)
-            if rd is not None and (p := _point_of(calls, rd)):
-                points["read"] = p
-            if wr is not None and (p := _point_of(calls, wr)):
-                points["write"] = p
-    else:
-        rd_i = next((i for i, c in enumerate(calls) if c.name in READ_FAMILY and c.sock
-                     and c.ret is not None and c.ret > 0), None)
-        if rd_i is None:
-            return points
-        rd = calls[rd_i]
-        fd, pid = rd.fd, rd.pid
-        con = last_before(rd_i, pid, lambda c: c.name == "connect" and c.fd == fd)
-        if con is not None:
-            ci = calls.index(con)
-            sock = last_before(ci, pid, lambda c: c.name == "socket" and c.ret == fd)
-            for name, c in (("socket", sock), ("connect", con)):
-                if c is not None and (p := _point_of(calls, c)):
-                    points[name] = p
-            first_read = next((c for c in calls[ci:] if c.pid == pid and c.fd == fd
-                               and c.name in READ_FAMILY), None)
-            if first_read is not None and (p := _point_of(calls, first_read)):
-                points["read"] = p
-    return points
-
-
-def server_baseline(bed: Testbed) -> Baseline:
-    """One traced normal run of the server (cached per target for the worker's
-    session): where its lifecycle calls are, and how a normal exchange ends."""
-    bed.need_strace()
-    transport = stream_transport(bed)
-    key = ("server", repr(bed.target), transport)
-    if key not in _baselines:
-        srv = bed.start_server(transport, trace=True, name="trace-server")
-        got = exchange(bed, srv)
-        rc = finish(bed, srv)
-        assert srv.trace_log is not None
-        points = _fd_role_points(tracing.parse(srv.trace_log), "server")
-        _baselines[key] = Baseline(points, got, rc)
-    return _baselines[key]
-
-
-def _connection_points(trace: tracing.Trace) -> dict[str, Point]:
-    """In a trace attached to a running server (with nothing else going on): the
-    first socket read and write — those of the one connection we made — in
-    whichever thread or child process serves it, with ordinals counted from the
-    attach in that thread, as strace counts them.  (The accept() the server was
-    blocked in when strace attached is often not in the log at all.)"""
-    calls = trace.calls
-    points: dict[str, Point] = {}
-    for step, family in (("read", READ_FAMILY), ("write", WRITE_FAMILY)):
-        hit = next((c for c in calls if c.sock and c.name in family), None)
-        if hit is not None and (p := _point_of(calls, hit)):
-            points[step] = p
-    return points
-
-
-def _point_of(calls: list[tracing.Call], target: tracing.Call) -> Point | None:
-    """`target` as an injection point: its ordinal among the calls of the same
-    name in the same thread (strace counts `when=` per thread)."""
-    n = 0
-    for c in calls:
-        if c.pid == target.pid and c.name == target.name:
-            n += 1
-        if c is target:
-            return Point(c.name, n)
-    return None
-
-
-def attached_baseline(bed: Testbed) -> Baseline:
-    """A normal exchange with a concurrent server traced from after its start-up
-    (strace attached to the listening server): where a connection's first read and
-    write are, counted the way an injection attached the same way counts them."""
-    bed.need_strace()
-    transport = stream_transport(bed)
-    key = ("attached", repr(bed.target), transport)
-    if key not in _baselines:
-        srv = bed.start_server(transport, name="attached-server")
-        log = bed.attach_trace(srv, name="attached-trace")
-        got = exchange(bed, srv)
-        rc = finish(bed, srv)
-        bed.trace_done(srv)
-        _baselines[key] = Baseline(_connection_points(tracing.parse(log)), got, rc)
-    return _baselines[key]
-
-
-def client_baseline(bed: Testbed) -> Baseline:
-    """One traced normal run of the client against a correct peer (tcp4)."""
-    bed.need_strace()
-    bed.require_transport(bed.client_program, "tcp4")
-    key = ("client", repr(bed.target))
-    if key not in _baselines:
-        with peers.PeerServer(peers.greet()) as peer:
-            run = bed.run(bed.client_argv("tcp4", peer.port), trace=True, name="trace-client")
-            peer.wait(5.0)
-        assert run.trace_log is not None
-        points = _fd_role_points(tracing.parse(run.trace_log), "client")
-        _baselines[key] = Baseline(points, None, run.rc, run.stdout)
-    return _baselines[key]
-
-
-def server_points(bed: Testbed) -> dict[str, Point]:
-    return server_baseline(bed).points
-
-
-def client_points(bed: Testbed) -> dict[str, Point]:
-    return client_baseline(bed).points
-
-
-def require_landed(log: Path | None, what: str) -> None:
-    """Skip, rather than judge, a fault-injection run whose fault never happened
-    (a program that takes another path than in its traced normal run)."""
-    if log is None:
-        return
-    hit = [c for c in tracing.injected_calls(tracing.parse(log)) if c.sock or c.name == "socket"]
-    if not hit:
-        pytest.skip(f"{what}: the injected fault did not land on a socket call (the program took "
-                    "another path than in its traced normal run); nothing to judge")
-
-
-def point(points: dict[str, Point], step: str, who: str) -> Point:
-    if step not in points:
-        pytest.skip(f"could not locate the {who}'s {step}() in a trace of a normal run")
-    return points[step]
-
+# -- ports ----------------------------------------------------------------------------------
 
 def hold_port(transport: str, port: int) -> socket.socket:
     """A listening socket holding the wildcard of `port` (what ERR-1 collides with)."""

@@ -73,13 +73,14 @@ NUDGE, IDLE = 0.1, 3.0
 
 def echo_roundtrip(srv: Server, chunks: list[bytes], *, half_close: bool, timeout: float,
                    gap: float = 0.0) -> peers.Received:
+    scale = srv.timeout_scale      # the waits are hang guards: scaled
     with support.blamed_on_target("connecting", srv):
-        sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
+        sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0 * scale)
     data = b"".join(chunks)
     try:
-        return peers.stream(sock, chunks, expect=len(data), timeout=timeout,
+        return peers.stream(sock, chunks, expect=len(data), timeout=timeout * scale,
                             half_close=half_close, gap=gap, expected=data,
-                            nudge=None if half_close else NUDGE, idle=IDLE)
+                            nudge=None if half_close else NUDGE, idle=IDLE * scale)
     finally:
         sock.close()
 
@@ -285,7 +286,8 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
     try:
         with support.blamed_on_target(f"connecting {clients} clients", srv):
             for _ in range(clients):
-                socks.append(peers.connect(srv.transport, srv.port, srv.path, timeout=5.0))
+                socks.append(peers.connect(srv.transport, srv.port, srv.path,
+                                           timeout=5.0 * srv.timeout_scale))
     except BaseException:
         for s in socks:
             s.close()
@@ -299,8 +301,9 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
         start.wait(5.0)
         try:
             results[i] = peers.stream(socks[i], chunked(datas[i], [1024 + 97 * i]),
-                                      expect=len(datas[i]), timeout=20.0, half_close=False,
-                                      expected=datas[i], nudge=NUDGE, idle=IDLE)
+                                      expect=len(datas[i]), timeout=20.0 * srv.timeout_scale,
+                                      half_close=False, expected=datas[i], nudge=NUDGE,
+                                      idle=IDLE * srv.timeout_scale)
         finally:
             # Done: let a server that serves one client at a time (LIFE-7's
             # concern, not this clause's) move on to the next.
@@ -311,7 +314,7 @@ def test_streams_never_mix(bed: Testbed, server_transport: str, clients: int) ->
         for t in threads:
             t.start()
         for t in threads:
-            t.join(30.0)
+            t.join(30.0 * srv.timeout_scale)
     finally:
         for s in socks:
             s.close()
@@ -343,7 +346,7 @@ def _udp_echo(srv: Server, sock: socket.socket, data: bytes, timeout: float = 3.
     # ECONNREFUSED here is the ICMP port-unreachable of a server that is gone.
     with support.blamed_on_target(f"a datagram of {len(data)} byte(s)", srv):
         sock.sendto(data, ("127.0.0.1", srv.port))
-        sock.settimeout(timeout)
+        sock.settimeout(timeout * srv.timeout_scale)
         try:
             got, _ = sock.recvfrom(65536)
         except TimeoutError:
@@ -371,7 +374,8 @@ def test_datagrams(bed: Testbed) -> Pass:
             data = payload_of(size, k)
             got = _udp_echo(srv, mine, data)
             if got is None:
-                raise Violation(f"datagram of {size} byte(s): no reply within 3 s")
+                raise Violation(f"datagram of {size} byte(s): no reply within "
+                                f"{3 * srv.timeout_scale:g} s")
             if got != data:
                 raise Violation(f"datagram of {size} byte(s) came back as {len(got)} byte(s): "
                                 f"{first_difference(data, got)}")
@@ -414,7 +418,7 @@ def test_datagram_fuzz(bed: Testbed) -> Pass:
         got = _udp_echo(srv, sock, data)
         if got != data:
             raise Violation(f"datagram {_show(data)}: "
-                            + ("no reply within 3 s" if got is None
+                            + (f"no reply within {3 * srv.timeout_scale:g} s" if got is None
                                else f"reply {_show(got)}: {first_difference(data, got)}"))
         live.require_alive(f"after datagram {_show(data)}")
         fuzz.judged()
@@ -441,7 +445,7 @@ def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
             time.sleep(0.05)
             sock.sendall(b"cd")
             sock.shutdown(socket.SHUT_WR)
-            got = peers.read_until_end(sock, 5.0)
+            got = peers.read_until_end(sock, 5.0 * srv.timeout_scale)
         finally:
             sock.close()
     if got.end != "fin":

@@ -2,7 +2,8 @@
 limit, nesting, durability and concurrent inserts.
 
 Every response is judged against `jsondoc_model` (JSON equality, key order and spacing
-free); every wait is bounded (REPLY_S, BIG_REPLY_S), only to stop hangs: nothing is
+free); every wait is bounded (REPLY_S, BIG_REPLY_S, times the target's timeout_scale),
+only to stop hangs: nothing is
 judged by how fast it answers.
 """
 
@@ -63,14 +64,16 @@ class Conn:
     def __init__(self, srv: Server, label: str = "client", *, nodelay: bool = False) -> None:
         self.srv = srv
         self.label = label
+        self.scale = srv.timeout_scale   # every wait below is a hang guard: scaled
         try:
-            self.sock = peers.connect(srv.transport, srv.port, srv.path, timeout=REPLY_S)
+            self.sock = peers.connect(srv.transport, srv.port, srv.path,
+                                      timeout=REPLY_S * self.scale)
         except OSError as e:
             if not caused_by_server(e):
                 raise       # the suite's own trouble (EMFILE, ...): an error, not a verdict
             raise Violation(f"{label}: cannot connect ({e}); {server_state(srv)}") from None
         # The socket timeout bounds sendall(); reads wait with select() up to a deadline.
-        self.sock.settimeout(BIG_REPLY_S)
+        self.sock.settimeout(BIG_REPLY_S * self.scale)
         if nodelay and srv.transport != "unix":
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
@@ -127,7 +130,7 @@ class Conn:
 
     def read_line(self, timeout: float = REPLY_S) -> bytes | None:
         """The next line (without its newline), or None: see `missing()`."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.scale
         while True:
             nl = self.buf.find(b"\n")
             if nl >= 0:
@@ -140,7 +143,7 @@ class Conn:
     def read_end(self, timeout: float = REPLY_S) -> str:
         """Wait for the server to end the stream: "EOF", "a connection reset", ... or
         "timeout"; bytes that arrive meanwhile stay in the buffer."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.scale
         while self._fill(deadline):
             pass
         return self.end or "timeout"
@@ -148,7 +151,7 @@ class Conn:
     def missing(self, timeout: float) -> str:
         """What came instead of a response line."""
         part = f" after the partial line {m.trim(bytes(self.buf), 120)}" if self.buf else ""
-        how = self.end or f"no response line within {timeout:.0f} s"
+        how = self.end or f"no response line within {timeout * self.scale:.0f} s"
         return f"{how}{part}; {server_state(self.srv)}"
 
     def response(self, sent: bytes, timeout: float = REPLY_S) -> dict[str, Json]:
@@ -639,7 +642,7 @@ def expect_too_large(conn: Conn, sent: str) -> None:
     end = conn.read_end(BIG_REPLY_S)
     if end == "timeout":
         raise Violation(f"sent {sent}; got too_large, but the connection was still open "
-                        f"{BIG_REPLY_S:.0f} s later (it must be closed)")
+                        f"{BIG_REPLY_S * conn.scale:.0f} s later (it must be closed)")
 
 
 @clause("JSON-4")
@@ -901,7 +904,7 @@ PER_CLIENT = 25
 def test_concurrent_inserts(bed: Testbed, server_transport: str) -> Pass:
     srv = bed.start_server(server_transport)
     conns = [Conn(srv, f"client {i + 1}") for i in range(CONCURRENT)]
-    start = threading.Barrier(CONCURRENT, timeout=REPLY_S * 2)
+    start = threading.Barrier(CONCURRENT, timeout=REPLY_S * 2 * srv.timeout_scale)
     acked: list[list[tuple[str, dict[str, Json]]]] = [[] for _ in conns]
     errors: list[str] = []
 
@@ -923,7 +926,7 @@ def test_concurrent_inserts(bed: Testbed, server_transport: str) -> Pass:
             errors.append(str(e))
 
     _run_threads([functools.partial(insert_all, i) for i in range(CONCURRENT)],
-                 lambda: sum(len(per) for per in acked))
+                 lambda: sum(len(per) for per in acked), STALL_S * srv.timeout_scale)
     for c in conns:
         c.close()
     if errors:
@@ -955,12 +958,13 @@ def test_concurrent_inserts(bed: Testbed, server_transport: str) -> Pass:
 
 
 # Each client thread ends by itself: every response waits at most REPLY_S and every
-# send BIG_REPLY_S (then it fails with a Violation).  So threads that made no
+# send BIG_REPLY_S, both scaled (then it fails with a Violation).  So threads that made no
 # progress for longer than that are a bug of the suite, not a slow server.
 STALL_S = REPLY_S + BIG_REPLY_S + 5.0
 
 
-def _run_threads(jobs: list[Callable[[], Any]], progress: Callable[[], int]) -> None:
+def _run_threads(jobs: list[Callable[[], Any]], progress: Callable[[], int],
+                 stall_s: float) -> None:
     """Run the jobs in threads and join them all, however long a slow (but
     progressing) server takes: the results are compared only once every thread
     is done.  RuntimeError (a suite error) if they stop progressing, alive."""
@@ -973,6 +977,6 @@ def _run_threads(jobs: list[Callable[[], Any]], progress: Callable[[], int]) -> 
         now, done = time.monotonic(), progress()
         if done != last:
             last, since = done, now
-        elif now - since > STALL_S:
+        elif now - since > stall_s:
             raise RuntimeError(f"{len(alive)} client threads made no progress for "
-                               f"{STALL_S:.0f} s and did not end")
+                               f"{stall_s:.0f} s and did not end")

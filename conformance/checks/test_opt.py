@@ -30,6 +30,7 @@ from conformance.harness import packets, peers, sockopts
 from conformance.harness.testbed import Testbed
 
 HANDSHAKE_WAIT_S = 0.15   # OPT-BACKLOG: a queued SYN on loopback completes at once
+LATE_HANDSHAKE_S = 1.0    # ... or, on a loaded machine, a little later
 
 
 # -- OPT-DEBUG -----------------------------------------------------------------------------------
@@ -89,11 +90,13 @@ def test_backlog(bed: Testbed) -> Pass:
     try:
         if not sockopts.wait_stopped(srv.listener_pid):
             raise Inconclusive(f"the server did not stop on SIGSTOP within 5 s ({srv.status()})")
-        outcome = []
         for _ in range(expected + 3):
-            s, done = sockopts.handshake(transport, srv.port, HANDSHAKE_WAIT_S)
+            s, _done = sockopts.handshake(transport, srv.port, HANDSHAKE_WAIT_S)
             socks.append(s)
-            outcome.append(done)
+        # Settle: a handshake the kernel accepted but a loaded machine answered late
+        # still counts (the queue being full is decided when each SYN arrives).
+        outcome = sockopts.completed(socks[:expected + 1], LATE_HANDSHAKE_S)
+        outcome += sockopts.completed(socks[expected + 1:], 0.0)
     finally:
         for s in socks:
             s.close()

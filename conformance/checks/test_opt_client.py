@@ -188,7 +188,7 @@ def test_client_keepalive(bed: Testbed) -> Pass:
     wire = bed.wire()
     require(wire)
     conv = packets.conversation(packets.tcp_packets(wire, peer.port), peer.port, client)
-    probes, rst, t0 = judge_probes(conv, client[1])
-    timing = ", ".join(f"+{p.time - t0:.2f} s" for p in probes)
-    return Pass(f"probes at {timing}, RST at +{rst.time - t0:.2f} s; the client then "
+    probes, rst, since = judge_probes(conv, client[1])
+    timing = ", ".join(f"+{since(p):.2f} s" for p in probes)
+    return Pass(f"probes at {timing}, RST at +{since(rst):.2f} s; the client then "
                 f"{proc.status()}", wire)

@@ -276,7 +276,7 @@ def test_keepalive(bed: Testbed) -> Pass:
     wire = bed.wire()
     require(wire)
     conv = packets.conversation(packets.tcp_packets(wire, srv.port), srv.port, peer)
-    probes, rst, t0 = judge_probes(conv, srv.port)
+    probes, rst, since = judge_probes(conv, srv.port)
     if not gone:
         raise Violation(f"the server still holds the connection {limit:.1f} s after its peer "
                         "stopped answering")
@@ -284,9 +284,9 @@ def test_keepalive(bed: Testbed) -> Pass:
         if r.doubt() is None and r.value != want:
             raise Violation(f"keepalive {idle} {interval} {count}: {r} (expected {want})")
     after = _after_keepalive(bed, srv)
-    timing = ", ".join(f"+{p.time - t0:.2f} s" for p in probes)
+    timing = ", ".join(f"+{since(p):.2f} s" for p in probes)
     return Pass(f"timer keepalive with nothing unacked; probes at {timing}, RST at "
-                f"+{rst.time - t0:.2f} s; connection gone; {after}"
+                f"+{since(rst):.2f} s; connection gone; {after}"
                 + "".join(f"; {r}" for r in readings if r.doubt() is None),
                 armed, wire)
 

@@ -431,10 +431,17 @@ def greet(*, segments: int = 1, gap: float = 0.0, drain_timeout: float = 5.0) ->
     return run
 
 
-def cut_short(nbytes: int, *, reset: bool) -> Behaviour:
-    """Send only `nbytes` of the greeting, then FIN (or RST if `reset`)."""
+def cut_short(nbytes: int, *, reset: bool, after: float = 0.0) -> Behaviour:
+    """Send only `nbytes` of the greeting, then FIN (or RST if `reset`), `after`
+    seconds past the accept.
+
+    The pause lets the client finish connecting as its runtime sees it: an
+    event-loop client whose connect() returned EINPROGRESS learns the outcome
+    from SO_ERROR, and an RST that arrives before it asks reads as a failed
+    *connect* (ECONNRESET) — a correct report of what it saw, not ERR-3's case."""
 
     def run(conn: socket.socket, log: PeerLog) -> None:
+        time.sleep(after)
         if nbytes:
             conn.sendall(GREETING[:nbytes])
             # A moment for the partial greeting to travel on its own, far shorter

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.evidence import Doubt
-from conformance.harness import inspect
+from conformance.harness import inspect, sockfd
 from conformance.harness.inspect import SockEntry
 
 FAMILY = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
@@ -107,6 +107,23 @@ def read_option(entry: SockEntry, level: int, optname: int, what: str,
     except OSError as e:
         return OptionReading(label, None, f"getsockopt failed: {e}")
     return OptionReading(label, value)
+
+
+def sendto_of(entry: SockEntry, data: bytes, addr: tuple[str, int]) -> int:
+    """sendto() through a duplicate of the target's datagram socket `entry`: 0 when
+    sent, else the errno (EACCES: a broadcast without SO_BROADCAST).  The
+    duplicate is closed at once; the target's socket is otherwise untouched."""
+    assert entry.pid is not None and entry.fd is not None
+    # pidfd_getfd through sockfd's helper, as its getsockopt_of does.
+    dup = sockfd._getfd(entry.pid, entry.fd)
+    sock = socket.socket(fileno=dup)
+    try:
+        sock.sendto(data, socket.MSG_DONTWAIT, addr)
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        sock.close()
+    return 0
 
 
 def _same_addr(a: tuple[str, int], b: tuple[str, int]) -> bool:
@@ -247,6 +264,23 @@ def handshake(transport: str, port: int, wait: float) -> tuple[socket.socket, bo
     if not p.poll(wait * 1000):
         return s, False
     return s, s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
+def completed(socks: list[socket.socket], wait: float) -> list[bool]:
+    """Which of these non-blocking connects have completed, waiting up to `wait`
+    seconds in all for those still pending (a SYN-ACK delayed under load)."""
+    deadline = time.monotonic() + wait
+    done = [False] * len(socks)
+    while True:
+        for i, s in enumerate(socks):
+            if not done[i]:
+                p = select.poll()
+                p.register(s.fileno(), select.POLLOUT)
+                if p.poll(0) and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    done[i] = True
+        if all(done) or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.01)
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -19,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from conformance.evidence import Doubt, Inconclusive, Violation
-from conformance.harness import trace as tracing
+from conformance.harness import strace
 from conformance.harness.capture import Capture, CaptureUnavailable
 from conformance.harness.inspect import listening
 from conformance.harness.netns import Isolation
@@ -46,7 +49,8 @@ class Server:
     listener: Listener | None = None
     data: str | None = None   # the jsondoc store path it was given ({data})
     tracer: Proc | None = None  # strace attached to it (attach_trace)
-    timeout_scale: float = 1.0  # the program's, for every wait on it
+    timeout_scale: float = 1.0  # the program's (and strace's slowdown), for every wait on it
+    traced: bool = False        # started under strace: `proc` is strace, the program its child
 
     @property
     def pid(self) -> int:
@@ -85,7 +89,10 @@ class Server:
         return rc
 
     def kill(self) -> None:
-        """SIGKILL the whole group (for a traced server, strace and the program)."""
+        """SIGKILL the whole group; a traced server's program first, so that strace
+        logs its death and writes the end of its log before it is killed too."""
+        if self.traced:
+            kill_tracees(self.proc)
         self.proc.kill()
 
     def running(self) -> bool:
@@ -218,8 +225,8 @@ class Testbed:
         return str(self._sockdir / name)
 
     def need_strace(self) -> None:
-        if tracing.strace_path() is None:
-            raise Inconclusive(tracing.STRACE_HINT)
+        if strace.strace_path() is None:
+            raise Inconclusive(strace.STRACE_HINT)
 
     def _trace_log(self, role: str) -> Path:
         self._traces += 1
@@ -247,7 +254,7 @@ class Testbed:
 
     def spawn_server(self, argv: Sequence[str], *, transport: str = "tcp4",
                      port: int | None = None, path: str | None = None, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (),
+                     injections: Sequence[strace.Injection] = (),
                      name: str = "server") -> Server:
         program = self.server_program
         log = None
@@ -255,14 +262,16 @@ class Testbed:
         if trace or injections:
             self.need_strace()
             log = self._trace_log(name)
-            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
+            cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
                                  env=program.env)
-        return Server(proc, transport, port, path, log, timeout_scale=program.timeout_scale)
+        scale = program.timeout_scale * (strace.slowdown() if log is not None else 1.0)
+        return Server(proc, transport, port, path, log, timeout_scale=scale,
+                      traced=log is not None)
 
     def start_server(self, transport: str | None = None, *, port: int | None = None,
                      options: dict[str, dict[str, object]] | None = None, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (), ready: bool = True,
+                     injections: Sequence[strace.Injection] = (), ready: bool = True,
                      name: str = "server", data: str | None = None) -> Server:
         """Start the target's server on a fresh port (or unix path) and, unless
         `ready=False`, wait passively until it listens there."""
@@ -281,7 +290,7 @@ class Testbed:
             self.wait_ready(srv)
         return srv
 
-    def attach_trace(self, srv: Server, injections: Sequence[tracing.Injection] = (),
+    def attach_trace(self, srv: Server, injections: Sequence[strace.Injection] = (),
                      name: str = "attach") -> Path:
         """Trace a running server from now on (strace -p, all threads), with
         `injections` counted from now; returns the log.  Waits until every thread
@@ -290,9 +299,9 @@ class Testbed:
         log = self._trace_log(name)
         # The process holding the listener, not a launcher that waits for it.
         target = srv.listener_pid
-        tracer = self.runner.spawn(tracing.attach_argv(target, log, injections), name=name)
+        tracer = self.runner.spawn(strace.attach_argv(target, log, injections), name=name)
         deadline = time.monotonic() + 5.0
-        while tracing.traced_by(target) != {tracer.pid}:
+        while strace.traced_by(target) != {tracer.pid}:
             if tracer.poll() is not None or srv.proc.poll() is not None:
                 raise Inconclusive(f"could not trace the running server: strace {tracer.status()}, "
                                    f"{tracer.stderr_tail(200)!r}; server {srv.proc.status()}")
@@ -316,11 +325,17 @@ class Testbed:
         program = self.server_program
         return program.startup_timeout * program.timeout_scale
 
+    @property
+    def traced_startup_timeout(self) -> float:
+        """The same under strace: also times strace's measured slowdown here."""
+        return self.startup_timeout * strace.slowdown()
+
     def wait_ready(self, srv: Server) -> Listener:
         try:
             srv.listener = wait_listening(
                 srv.pid, transport=srv.transport, port=srv.port, path=srv.path,
-                timeout=self.startup_timeout, exited=srv.proc.poll,
+                timeout=self.traced_startup_timeout if srv.traced else self.startup_timeout,
+                exited=srv.proc.poll,
                 stderr_tail=srv.proc.stderr_tail)
         except NotReady as e:
             raise Violation(f"server not ready: {e.reason}"
@@ -378,7 +393,7 @@ class Testbed:
         return best[1]
 
     def spawn_client(self, argv: Sequence[str], *, trace: bool = False,
-                     injections: Sequence[tracing.Injection] = (), name: str = "client",
+                     injections: Sequence[strace.Injection] = (), name: str = "client",
                      program: Program | None = None) -> tuple[Proc, Path | None]:
         """Start `argv` (a client, or a server meant to exit by itself) with its
         program's environment; returns it and its trace log."""
@@ -388,25 +403,29 @@ class Testbed:
         if trace or injections:
             self.need_strace()
             log = self._trace_log(name)
-            cmd = tracing.strace_argv(pdeath_guard(cmd), log, injections)
+            cmd = strace.strace_argv(pdeath_guard(cmd), log, injections)
         proc = self.runner.spawn(cmd, name=name, cwd=self.target.base_dir,
                                  env=program.env)
         return proc, log
 
     def run(self, argv: Sequence[str], *, timeout: float = 5.0, trace: bool = False,
-            injections: Sequence[tracing.Injection] = (), name: str = "client",
+            injections: Sequence[strace.Injection] = (), name: str = "client",
             program: Program | None = None) -> ClientRun:
         """Run a program to its end (killed after `timeout` s, times its
-        timeout_scale): a client, or a server that is expected to exit by itself
-        (usage, bad port, bind failure)."""
+        timeout_scale, and under strace times strace's slowdown): a client, or a
+        server that is expected to exit by itself (usage, bad port, bind failure)."""
         program = program or self.program_of(argv)
         limit = timeout * program.timeout_scale
+        if trace or injections:
+            limit *= strace.slowdown()
         t0 = time.monotonic()
         proc, log = self.spawn_client(argv, trace=trace, injections=injections, name=name,
                                       program=program)
         rc = proc.wait_group(limit)
         timed_out = rc is None
         if timed_out:
+            if log is not None:
+                kill_tracees(proc)
             proc.kill()
         return ClientRun(proc, rc, timed_out, log, time.monotonic() - t0, limit)
 
@@ -455,6 +474,21 @@ class Testbed:
                 self.capture.stop()
             if self._sockdir is not None:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+def kill_tracees(tracer: Proc, timeout: float = 5.0) -> None:
+    """SIGKILL every process strace traces (its descendants), then wait up to
+    `timeout` for strace to log their deaths and end by itself."""
+    try:
+        tracees = psutil.Process(tracer.pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for p in tracees:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    tracer.wait(timeout)
 
 
 _SCRATCH: dict[str, Path] = {}

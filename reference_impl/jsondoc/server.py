@@ -72,12 +72,12 @@ def _parse_data_path(text: str) -> str:
 
 
 # The common server options, without those that make no sense for a JSON stream
-# server (urgent data, UDP broadcast, routing), plus the store and the client limit.
+# server (urgent data, UDP broadcast), plus the store and the client limit.
 OPTION_TABLE = {
     **{
         name: spec
         for name, spec in SERVER_OPTION_TABLE.items()
-        if name not in ("--oobinline", "--broadcast", "--dontroute")
+        if name not in ("--oobinline", "--broadcast")
     },
     "--data": (("PATH", _parse_data_path),),
     "--max-clients": (("N", int_in_range(1, 100_000, "max clients")),),

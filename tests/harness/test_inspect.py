@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conformance.harness import inspect as I
+from conformance.harness import sockfd
 from conformance.harness.inspect import PidfdUnavailable, SocketNotFound
 
 # --------------------------------------------------------------------------- helpers
@@ -515,7 +516,7 @@ def test_a_lingering_duplicate_would_suppress_the_fin(csrv: Path) -> None:
             _, cfd = srv.stamp("accepted")
             assert c.recv(2) == b"hi"
             try:
-                dup = I._getfd(srv.pid, cfd)
+                dup = sockfd._getfd(srv.pid, cfd)
             except PidfdUnavailable as e:
                 pytest.skip(f"pidfd_getfd not usable here: {e.reason}")
             try:

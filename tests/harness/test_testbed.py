@@ -13,7 +13,7 @@ import pytest
 
 from conformance import target as targets
 from conformance.evidence import Inconclusive, Pass
-from conformance.harness import trace
+from conformance.harness import strace, syscalls
 from conformance.harness.netns import Isolation
 from conformance.harness.testbed import ClientRun, Testbed
 
@@ -61,15 +61,15 @@ def test_sigterm_reaches_the_server_behind_a_launcher(launcher_bed: Testbed) -> 
 def test_a_traced_server_ends_through_its_own_handler(echo_bed: Testbed) -> None:
     """SIGTERM to a server run by strace reaches the program (strace blocks it),
     which ends by it: the trace shows the signal delivered to the program."""
-    if trace.strace_path() is None:
-        pytest.skip(trace.STRACE_HINT)
+    if strace.strace_path() is None:
+        pytest.skip(strace.STRACE_HINT)
     srv = echo_bed.start_server("tcp4", trace=True)
     program = srv.listener_pid
     assert program != srv.pid  # strace is the spawned process
     rc = srv.stop(signal.SIGTERM, 10.0)
     assert rc is not None, "a traced server did not end on SIGTERM (the signal went to strace?)"
     assert srv.trace_log is not None
-    t = trace.parse(srv.trace_log)
+    t = syscalls.parse(srv.trace_log)
     assert any(s.name == "SIGTERM" and t.tgid(s.pid) == program for s in t.signals)
 
 
