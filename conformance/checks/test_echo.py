@@ -168,8 +168,10 @@ def test_echo_fuzz(bed: Testbed, server_transport: str) -> Pass:
         chunks = chunked(data, sizes)
         note(f"payload {_show(data)}; writes of {[len(c) for c in chunks][:20]}")
         timeout = _timeout_for(len(data))
+        scale = srv.timeout_scale      # the waits are hang guards: scaled
         with support.blamed_on_target("connecting", srv):
-            got, carried = conn.echo(srv, chunks, timeout=timeout, nudge=NUDGE, idle=IDLE)
+            got, carried = conn.echo(srv, chunks, timeout=timeout * scale, nudge=NUDGE,
+                                     idle=IDLE * scale)
         if got.data != data and carried:
             # Not this example's alone yet: the connection had carried others.
             # A death after the last one shows here first; else judge it afresh.

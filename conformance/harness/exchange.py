@@ -52,7 +52,7 @@ class EchoConnection:
             # not its address, says whether this connection is to it)
             self.close()
             self.sock = peers.connect(srv.transport, srv.port, srv.path,
-                                      timeout=self.connect_timeout)
+                                      timeout=self.connect_timeout * srv.timeout_scale)
             self.server = srv
         before = self.exchanges
         expected = b"".join(chunks)
