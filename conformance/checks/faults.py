@@ -31,6 +31,7 @@ from conformance.harness.syscalls import (
     WRITE_CALLS,
     Call,
     Trace,
+    families,
     injected_calls,
     names_address,
     parse,
@@ -160,7 +161,8 @@ def _accepted(trace: Trace, listeners: set[int], attached: bool = False) -> set[
     out = {c.ret_inode for c in trace.calls if c.name in ACCEPT_CALLS and c.inode in listeners
            and c.ret_inode is not None}
     if attached:
-        created = {c.ret_inode for c in trace.calls if c.ret_inode is not None}
+        created = set(families(trace)) | {c.ret_inode for c in trace.calls
+                                          if c.name in ACCEPT_CALLS and c.ret_inode is not None}
         out |= {c.inode for c in trace.calls if c.inode is not None and c.pid in trace.parents
                 and c.name in (*READ_CALLS, *WRITE_CALLS) and c.inode not in created
                 and c.inode not in listeners}

@@ -54,12 +54,12 @@ def program_names(argv: list[str], template: tuple[str, ...], base_dir: Path) ->
     arguments)."""
     names: set[str] = set()
 
-    def add(name: str) -> None:
+    def add(name: str, *, file: bool = True) -> None:
         names.update({name, os.path.basename(name)})
-        if "/" in name:
+        if file:  # the file it names, relative to the target's directory, resolved
             names.add(str((base_dir / name).resolve()))
 
-    add(argv[0])
+    add(argv[0], file="/" in argv[0])  # a bare argv[0] is looked up in PATH
     if "/" not in argv[0]:
         import shutil
 
@@ -77,7 +77,7 @@ def program_names(argv: list[str], template: tuple[str, ...], base_dir: Path) ->
             continue
         if module:  # python -m pkg, java -m mod/Main
             module = False
-            add(arg)
+            add(arg, file=False)
             names.update(_module_files(arg, base_dir))
             names.add(arg.rsplit("/", 1)[-1].rsplit(".", 1)[-1])
             continue

@@ -393,6 +393,7 @@ class _Life(_Model):
         self.unix_listeners = {c.inode for c in trace.calls if c.name == "listen"}
         self.violations: list[str] = []
         self.steps: list[Call] = []  # the calls on lifecycle sockets, for the evidence
+        self.anchored: _Sock | None = None  # the anchor socket, as its socket() made it
 
     def v(self, line: int, text: str) -> None:
         self.violations.append(f"line {line}: {text}")
@@ -420,6 +421,8 @@ class _Life(_Model):
             s = self.tables[c.pid].fds.get(c.fd)
         elif c.name == "socket" and c.ret is not None and c.ret >= 0:
             s = self.tables[c.pid].fds.get(c.ret)
+            if s is not None and self.anchor is not None and s.inode == self.anchor:
+                self.anchored = s
         if self.lifecycle(s):
             self.steps.append(c)
 
@@ -501,7 +504,7 @@ class _Life(_Model):
         """Why the model cannot vouch for the anchored socket, if it cannot."""
         if self.anchor is None:
             return None
-        s = self.by_inode.get(self.anchor)
+        s = self.anchored
         want = "listening" if self.role == "server" else "connecting"
         if s is None or s.origin != "socket" or s.state != want:
             return (f"the descriptor model lost {self.trace.anchor.what if self.trace.anchor else ''}"

@@ -2,10 +2,9 @@
 
 `strace_argv` runs a program under strace (following forks and threads) and
 `attach_argv` attaches to a running one; both log the lifecycle system calls that
-`harness.syscalls.parse` reads, with the `Injection`s asked for.  `tracee_pid`
-finds the traced program behind strace (the process to signal), `traced_by`
-whether every thread of a process is traced, `slowdown` how much slower a program
-runs under strace here (to scale waits).  Standard library only.
+`harness.syscalls.parse` reads, with the `Injection`s asked for.  `traced_by`
+tells whether every thread of a process is traced, `slowdown` how much slower a
+program runs under strace here (to scale waits).  Standard library only.
 
 What strace 6.1 actually does (verified by tests/harness/test_trace.py)
 ------------------------------------------------------------------------
@@ -35,8 +34,8 @@ What strace 6.1 actually does (verified by tests/harness/test_trace.py)
   we use ``-q`` (which only hides attach/detach chatter).
 * strace exits with its tracee's status and dies by the tracee's signal (tracee
   killed by SIGTERM -> strace killed by SIGTERM), so Popen.returncode keeps its
-  meaning.  Signal the tracee (`tracee_pid()`) or the process group, not strace
-  alone: with ``-o FILE PROG`` strace blocks fatal signals (its default ``-I3``),
+  meaning.  Signal the program or the process group (`testbed.Server.signal`),
+  not strace alone: with ``-o FILE PROG`` strace blocks fatal signals (its default ``-I3``),
   so a SIGTERM to strace does nothing and it just waits for the program; a SIGKILL
   to strace detaches the tracee, which lives on (hence killpg / pdeathsig), and may
   lose the end of the log.
@@ -159,45 +158,6 @@ def traced_by(pid: int) -> set[int]:
         except OSError:
             continue
     return out
-
-
-def tracee_pid(strace_pid: int, timeout: float = 5.0) -> int | None:
-    """The pid of the program strace started: the process to signal.  strace
-    also forks short-lived children of its own at startup (ptrace feature
-    probes), so this waits for a child that has exec()ed something other than
-    strace.  A wrapper that exec()s the target (setpriv, env) keeps that pid."""
-    deadline = time.monotonic() + timeout
-    children = Path(f"/proc/{strace_pid}/task/{strace_pid}/children")
-    try:
-        own = os.readlink(f"/proc/{strace_pid}/exe")
-    except OSError:
-        return None
-    while True:
-        try:
-            found = children.read_text().split()
-        except OSError:  # no such process, or a kernel without the children file
-            found = _children_by_stat(strace_pid)
-        for pid in found:
-            try:
-                if os.readlink(f"/proc/{pid}/exe") != own:
-                    return int(pid)
-            except OSError:
-                continue
-        if time.monotonic() >= deadline or not Path(f"/proc/{strace_pid}").exists():
-            return None
-        time.sleep(0.005)
-
-
-def _children_by_stat(ppid: int) -> list[str]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == str(ppid):
-            out.append(stat.parent.name)
-    return sorted(out, key=int)
 
 
 # -- how much slower a traced program runs --------------------------------------------

@@ -98,10 +98,6 @@ class Call:
     def arglist(self) -> list[str]:
         return split_args(self.args)
 
-    @property
-    def failed(self) -> bool:
-        return self.errno is not None
-
     def __str__(self) -> str:
         return f"{self.name}({self.args}) = {self.result}" if self.finished else \
             f"{self.name}({self.args} <unfinished ...>"

@@ -15,6 +15,8 @@ from conformance.checks.support import program_names
                  ["./bin/srv", "srv"], ["5000"], id="c-program"),
     pytest.param(["node", "app/x.js", "5000"], ("node", "app/x.js", "{port}"),
                  ["node", "x.js", "app/x.js"], ["5000"], id="node"),
+    pytest.param(["node", "x.js", "5000"], ("node", "x.js", "{port}"),
+                 ["x.js"], ["5000"], id="node-script-in-base-dir"),
     pytest.param(["perl", "-w", "x.pl", "5000"], ("perl", "-w", "x.pl", "{port}"),
                  ["x.pl"], ["-w"], id="perl"),
     pytest.param(["java", "-cp", "bin", "Hello", "5000"], ("java", "-cp", "bin", "Hello", "{port}"),
@@ -39,3 +41,5 @@ def test_program_names(tmp_path: Path, argv: list[str], template: tuple[str, ...
     assert not set(refused) & names, names
     if argv[1:2] == ["-m"]:  # python -m: sys.argv[0] is the file's path
         assert str((tmp_path / "pkg" / "__main__.py").resolve()) in names
+    elif argv[1].endswith(".js"):  # node: process.argv[1] is the script's absolute path
+        assert str((tmp_path / argv[1]).resolve()) in names
