@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 
 from conformance.checks import profiles, support
 from conformance.checks.options import (
@@ -23,10 +24,22 @@ from conformance.checks.options import (
 )
 from conformance.checks.test_life import _stop_while_connected
 from conformance.clauses import clause
-from conformance.evidence import Inconclusive, Pass, Violation, require
+from conformance.evidence import NOT_APPLICABLE, Doubt, Inconclusive, Pass, Violation, require
 from conformance.harness import inspect, packets, peers, sockopts
 from conformance.harness.firewall import Silence
 from conformance.harness.testbed import Server, Testbed
+
+BLOCK_SAMPLE_S = 0.05  # /proc sampling and scheduling slack around close()'s 1 s
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A thread of the target observed in close() in /proc (found: sound)."""
+    what: str
+
+    def doubt(self) -> Doubt | None:
+        return None
+
 
 # -- shared ---------------------------------------------------------------------------------------
 
@@ -190,6 +203,55 @@ def test_linger_seconds(bed: Testbed) -> Pass:
         raise Violation(f"with linger 1 the exchange ended with {got.describe()} "
                         "(expected the whole answer, then FIN)")
     return Pass(f"{reading}; the exchange ended with {len(got.data)} byte(s), then FIN", reading)
+
+
+@clause("OPT-LINGER")
+def test_linger_blocks(bed: Testbed) -> Pass:
+    """linger 1 on a concurrent server: with the peer's ACKs dropped (nftables), the
+    thread that closes the connection sits in close() about 1 s, and every byte
+    of the answer still arrives.  (A one-shot hello server is drain-style by its
+    protocol: test_linger_seconds's descriptor reading is its evidence.)"""
+    declared(bed, "linger")
+    profile = profiles.of(bed)
+    if profile.one_shot:
+        raise Inconclusive("a one-shot server drains before it closes: the descriptor is the "
+                           "evidence (test_linger_seconds)", NOT_APPLICABLE)
+    transport = tcp_transport(bed, "linger")
+    srv = bed.start_server(transport, options={"linger": {"seconds": 1}})
+    assert srv.port is not None
+    sock = socket.socket(sockopts.FAMILY[transport], socket.SOCK_STREAM)
+    try:
+        sock.bind((sockopts.LOOPBACK[transport], 0))
+        peer = sock.getsockname()[:2]
+        # Pure ACKs only (flags exactly ACK, no payload: 52 bytes with the timestamp
+        # option): our data and our FIN still arrive, our acknowledgements do not.
+        bare_ack = ("tcp flags == ack " + ("ip length 52" if transport == "tcp4"
+                                             else "ip6 length 32"))
+        with Silence(peer[1], srv.port, extra=bare_ack):
+            sock.settimeout(5.0)
+            sock.connect((sockopts.LOOPBACK[transport], srv.port))
+            sock.sendall(profile.probe)
+            entry = sockopts.connection_of(srv.pid, peer)
+            if entry is None or entry.pid is None or entry.fd is None:
+                raise Inconclusive("the server's socket of our connection was not found")
+            sock.shutdown(socket.SHUT_WR)
+            seen, took, why = sockopts.time_in_close(entry.pid, entry.fd, 1 * LATE_FACTOR + 1.5)
+            got = peers.read_until_end(sock, 2.0)
+    finally:
+        sock.close()
+    if why is not None:
+        raise Inconclusive(why)
+    if not seen and sockopts.connection_of(srv.pid, peer, timeout=0.0) is not None:
+        raise Inconclusive("the server did not close the connection after our EOF "
+                           "(ECHO-2/JSON-1's concern)")
+    if not 1.0 - BLOCK_SAMPLE_S <= took <= 1.0 * LATE_FACTOR + LATE_S + BLOCK_SAMPLE_S:
+        shown = f"took {took:.2f} s" if seen else "returned at once (never seen in close())"
+        raise Violation(f"with linger 1 and its data unacknowledged, the server's close() of the "
+                        f"connection {shown}; expected about 1 s")
+    if got.end != "fin" or not got.data:
+        raise Violation(f"with linger 1 the answer did not arrive whole: {got.describe()}")
+    return Pass(f"close() sat {took:.2f} s with the data unacknowledged; {len(got.data)} byte(s) "
+                "then FIN arrived", Seen(f"pid {entry.pid} fd {entry.fd} in close()"))
 
 
 # -- OPT-KEEPALIVE --------------------------------------------------------------------------------

@@ -305,3 +305,41 @@ def in_initial_userns() -> bool:
             return f.read().split() == ["0", "0", "4294967295"] and os.geteuid() == 0
     except OSError:
         return False
+
+
+# close(2) by architecture, for /proc/PID/task/TID/syscall ("NR arg0 ..." while blocked).
+_SYS_CLOSE = {"x86_64": 3, "aarch64": 57, "riscv64": 57, "i686": 6, "armv7l": 6}
+
+
+def time_in_close(pid: int, fd: int, limit: float) -> tuple[bool, float, str | None]:
+    """Whether a thread of `pid` was seen in close(`fd`) within `limit` s, and for
+    how long (sampled every 5 ms from /proc/PID/task/*/syscall, until it leaves
+    it); the reason when the threads' system calls cannot be read here."""
+    import platform
+    nr = _SYS_CLOSE.get(platform.machine())
+    if nr is None:
+        return False, 0.0, f"close()'s system call number on {platform.machine()} is not known"
+    want = f"{nr} {hex(fd)} "
+    first: float | None = None
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            break
+        inside = False
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                    inside = inside or f.read().startswith(want)
+            except PermissionError:
+                return False, 0.0, "no permission to read the target's /proc/PID/task/*/syscall"
+            except OSError:
+                continue
+        if inside and first is None:
+            first = now
+        elif not inside and first is not None:
+            return True, now - first, None
+        time.sleep(0.005)
+    return first is not None, 0.0 if first is None else time.monotonic() - first, None
