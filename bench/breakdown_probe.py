@@ -78,7 +78,10 @@ def _process_start() -> float:
 
 def _install() -> None:
     from conformance.harness import capture, netns, process, readiness, testbed
-    from conformance.harness import strace as tracing
+    try:  # (older trees: harness/trace.py)
+        from conformance.harness import strace as tracing
+    except ImportError:
+        from conformance.harness import trace as tracing  # type: ignore[no-redef]
 
     time.sleep = _sleep
     _timed(netns, "isolate", "netns.isolate (namespace set-up, once per process)")
