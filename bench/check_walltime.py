@@ -15,6 +15,7 @@ drift of the machine does not favour one configuration.  Every run must exit 0
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -31,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration (default 3)")
     ap.add_argument("--jobs", type=int, nargs="+", default=[0, 1, 2], metavar="N",
                     help="values of -n to time (default: 0 1 2)")
-    ap.add_argument("--targets", nargs="+", choices=["reference", "c"],
-                    default=["reference", "c"], help="what to check (default: both)")
+    ap.add_argument("--targets", nargs="+", choices=["reference", "c", "all"],
+                    default=["reference", "c"],
+                    help="what to check: reference (hello), c (the C hello pair), all (no "
+                         "target: the three reference profiles) (default: reference c)")
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="seconds after which one run is killed (default 900)")
     ap.add_argument("--sockconf", default=shutil.which("sockconf") or "sockconf",
@@ -51,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
                 base = [args.sockconf, "check"]
                 if what == "c":
                     base.append(str(target))
-                commands[f"{what} -n {n}"] = [*base, "--profile", "hello", "-n", str(n)]
+                if what != "all":
+                    base += ["--profile", "hello"]
+                commands[f"{what} -n {n}"] = [*base, "-n", str(n)]
         times: dict[str, list[float]] = {k: [] for k in commands}
         statuses: dict[str, list[str]] = {k: [] for k in commands}
         summaries: dict[str, str] = {}
+        loads: dict[str, list[float]] = {k: [] for k in commands}
         for rep in range(1, args.repeat + 1):
             for key, cmd in commands.items():
+                load = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 rc, out = run_group(cmd, timeout=args.timeout, cwd=tmp)
                 dt = time.perf_counter() - t0
@@ -64,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                 statuses[key].append("timeout" if rc is None else str(rc))
                 summary = _summary(out)
                 summaries.setdefault(key, summary)
+                loads[key].append(load)
                 print(f"[{rep}/{args.repeat}] {key:14s} {dt:7.2f} s  exit {statuses[key][-1]}"
-                      f"  {summary}", flush=True)
+                      f"  load {load:.2f}  {summary}", flush=True)
                 if rc != 0:
                     print(out[-3000:], file=sys.stderr)
         print_load("at end")
@@ -80,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             med, lo, hi = stats(times[key])
             what, _, n = key.partition(" -n ")
             rows.append([
-                "reference (built-in)" if what == "reference" else "C pair (good.toml)",
+                {"reference": "reference (built-in)", "c": "C pair (good.toml)",
+                 "all": "all three reference profiles"}[what],
                 n, str(len(times[key])), f"{med:.2f}", f"{lo:.2f}", f"{hi:.2f}",
+                f"{min(loads[key]):.1f}-{max(loads[key]):.1f}",
                 ", ".join(sorted(set(statuses[key]))), summaries[key],
             ])
-        print(table(["target", "-n", "runs", "median s", "min s", "max s", "exit",
+        print(table(["target", "-n", "runs", "median s", "min s", "max s",
+                     "load (1 min) at start", "exit",
                      "verdict / pytest summary"], rows))
         ok = all(s == "0" for v in statuses.values() for s in v)
         if not ok:
@@ -100,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(out: str) -> str:
     """'CONFORMANT: 27 pass, ...; 82 passed' from the output of sockconf check
     (its verdict line, then its line of clause counts)."""
+    combined = re.search(r"^== all profiles \(([^)]*)\): ([^\n]*)$", out, re.M)
+    if combined:
+        return f"all profiles ({combined.group(1)}): {combined.group(2).strip()}"
     verdict = re.search(r"^\s*((?:NOT )?CONFORMANT\b[^\n]*|NO VERDICT\b[^\n]*)$", out, re.M)
     counts = re.search(r"^\s*(\d+ pass, [^\n]*)$", out, re.M)
     tests = re.findall(r"^=*\s*(\d+ passed[^\n]*?) in [\d.]+s", out, re.M)

@@ -158,16 +158,19 @@ class StandInBed:
 
 
 def counting_roundtrips(run: Run):
-    """Wrap test_echo.echo_roundtrip (looked up at call time by the check) to count
-    cases, bytes, writes and time; returns a context manager."""
+    """Wrap the exchanges the check makes (EchoConnection.echo on the reused
+    connection, test_echo.echo_roundtrip on a fresh one: both looked up at call
+    time) to count cases, bytes, writes and time; returns a context manager."""
     from conformance.checks import test_echo
+    from conformance.harness.exchange import EchoConnection
 
-    original = test_echo.echo_roundtrip
+    original_fresh = test_echo.echo_roundtrip
+    original_reused = EchoConnection.echo
 
-    def wrapped(srv, chunks, **kw):  # type: ignore[no-untyped-def]
+    def counted(fn, chunks, *a, **kw):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         try:
-            return original(srv, chunks, **kw)
+            return fn(*a, chunks, **kw)
         finally:
             dt = time.perf_counter() - t0
             size = sum(map(len, chunks))
@@ -180,13 +183,21 @@ def counting_roundtrips(run: Run):
             if dt > run.slowest[0]:
                 run.slowest = (dt, size, len(chunks))
 
+    def fresh(srv, chunks, **kw):  # type: ignore[no-untyped-def]
+        return counted(original_fresh, chunks, srv, **kw)
+
+    def reused(self, srv, chunks, **kw):  # type: ignore[no-untyped-def]
+        return counted(original_reused, chunks, self, srv, **kw)
+
     @contextlib.contextmanager
     def patched():  # type: ignore[no-untyped-def]
-        test_echo.echo_roundtrip = wrapped
+        test_echo.echo_roundtrip = fresh
+        EchoConnection.echo = reused  # type: ignore[method-assign]
         try:
             yield
         finally:
-            test_echo.echo_roundtrip = original
+            test_echo.echo_roundtrip = original_fresh
+            EchoConnection.echo = original_reused  # type: ignore[method-assign]
 
     return patched()
 
@@ -211,20 +222,24 @@ def run_small(srv: object, examples: int) -> Run:
     from hypothesis import strategies as st
 
     from conformance.checks import test_echo
-    from conformance.harness.testbed import Violation
+    from conformance.checks.fuzzing import LiveServer
+    from conformance.evidence import Violation
+    from conformance.harness.exchange import EchoConnection
 
     run = Run(0, 0.0)
     hypothesis_profile("sockconf-bench-small", examples)
-    live = test_echo.LiveServer(StandInBed(srv), "tcp4")  # type: ignore[arg-type]
+    live = LiveServer(StandInBed(srv), "tcp4")  # type: ignore[arg-type]
+    conn = EchoConnection()
 
     @given(data=st.binary(min_size=1, max_size=4096),
-           sizes=st.lists(st.integers(1, MiB), min_size=1, max_size=12))
-    def example(data: bytes, sizes: list[int]) -> None:
-        chunks = test_echo.chunked(data, sizes)
-        got = test_echo.echo_roundtrip(live.get(), chunks, half_close=False, timeout=10.0)
+           codes=st.binary(min_size=1, max_size=12))
+    def example(data: bytes, codes: bytes) -> None:
+        chunks = test_echo.chunked(data, test_echo.write_sizes(codes))
+        got, _ = conn.echo(live.get(), chunks, timeout=10.0, nudge=test_echo.NUDGE,
+                           idle=test_echo.IDLE)
         if got.data != data:
             raise Violation(f"sent {len(data)} bytes, got {len(got.data)} then {got.end}")
-        live.require_alive("after the echo")
+        live.require_alive("after the echo", grace=0)
 
     with counting_roundtrips(run):
         t0 = time.perf_counter()
@@ -232,6 +247,8 @@ def run_small(srv: object, examples: int) -> Run:
             example()
         except Exception as e:
             run.problem = f"{e.__class__.__name__}: {str(e)[:200]}"
+        finally:
+            conn.close()
         run.seconds = time.perf_counter() - t0
     return run
 

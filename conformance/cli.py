@@ -36,6 +36,34 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="check a target, clause by clause")
+    _check_arguments(c)
+    f = sub.add_parser("fuzz", help="a fuzz campaign: `check --duration` (default 10m)")
+    _check_arguments(f, campaign=True)
+
+    s = sub.add_parser("serve", help="run a reference server in the foreground")
+    s.add_argument("profile", choices=PROFILES)
+    s.add_argument("port")
+    s.add_argument("options", nargs=argparse.REMAINDER,
+                   help="server options (--backlog 16, --data PATH for jsondoc, ...)")
+
+    cl = sub.add_parser("client", help="talk to a server as a person would")
+    cl.add_argument("profile", choices=["jsondoc"])
+    cl.add_argument("args", nargs=argparse.REMAINDER,
+                    help="HOST PORT [REQUEST] (requests from stdin without REQUEST)")
+
+    sub.add_parser("targets", help="list built-in targets")
+
+    m = sub.add_parser("matrix", help="several targets side by side")
+    m.add_argument("targets", nargs="+")
+    m.add_argument("--html", metavar="FILE")
+    m.add_argument("--strict", action="store_true")
+    m.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN")
+    m.add_argument("-n", dest="workers", default="0")
+    return p
+
+
+def _check_arguments(c: argparse.ArgumentParser, campaign: bool = False) -> None:
+    """The options of `check` (and of `fuzz`, a campaign)."""
     c.add_argument("target", nargs="?", help="target file (TOML) or built-in target name")
     c.add_argument("--server", metavar="CMD", help='server command line, e.g. "./hello_server {port}"')
     c.add_argument("--client", metavar="CMD", help='client command line, e.g. "./hello_client {host} {port}"')
@@ -68,32 +96,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="pytest's own detail: each check, tracebacks, warnings")
     c.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for pytest (repeatable)")
+    c.add_argument("--duration", metavar="TIME", type=_seconds,
+                   default=_seconds("10m") if campaign else None,
+                   help="a fuzz campaign: only the fuzz checks, each fuzzing in rounds until "
+                        "TIME (e.g. 90s, 30m, 2h) is used; progress and findings as they "
+                        "appear; the example database under --artifacts "
+                        "(default ./sockconf-campaign)" + (" (default 10m)" if campaign else ""))
+    c.add_argument("--hypothesis-db", metavar="DIR",
+                   help="hypothesis' example database: findings saved there are replayed "
+                        "first (a campaign's: ARTIFACTS/hypothesis-db)")
 
-    s = sub.add_parser("serve", help="run a reference server in the foreground")
-    s.add_argument("profile", choices=PROFILES)
-    s.add_argument("port")
-    s.add_argument("options", nargs=argparse.REMAINDER,
-                   help="server options (--backlog 16, --data PATH for jsondoc, ...)")
 
-    cl = sub.add_parser("client", help="talk to a server as a person would")
-    cl.add_argument("profile", choices=["jsondoc"])
-    cl.add_argument("args", nargs=argparse.REMAINDER,
-                    help="HOST PORT [REQUEST] (requests from stdin without REQUEST)")
-
-    sub.add_parser("targets", help="list built-in targets")
-
-    m = sub.add_parser("matrix", help="several targets side by side")
-    m.add_argument("targets", nargs="+")
-    m.add_argument("--html", metavar="FILE")
-    m.add_argument("--strict", action="store_true")
-    m.add_argument("--clause", nargs="+", action="extend", default=[], metavar="PATTERN")
-    m.add_argument("-n", dest="workers", default="0")
-    return p
+def _seconds(text: str) -> float:
+    """'90', '90s', '30m', '2h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r}")
+    return value
 
 
 def _pytest_args(a: argparse.Namespace) -> list[str]:
+    # hypothesis' own pytest plugin is off: it imports hypothesis in every process
+    # (~0.1-1 s each) even for a profile without fuzz checks; the sockconf plugin
+    # takes the profile and seed and applies them when a check imports hypothesis.
     args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
             "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess",
+            "-p", "no:hypothesispytest",
             "-n", str(a.workers), "--sockconf-isolation", a.isolation]
     if a.verbose:
         args += ["-v", "--tb=short"]
@@ -127,11 +159,18 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
         if val:
             args += [f"--sockconf-{flag}", val]
     if a.hypothesis_profile:
-        args += ["--hypothesis-profile", a.hypothesis_profile]
+        args += ["--sockconf-hypothesis-profile", a.hypothesis_profile]
         repro += ["--hypothesis-profile", a.hypothesis_profile]
     if a.hypothesis_seed:
-        args += ["--hypothesis-seed", a.hypothesis_seed]
+        args += ["--sockconf-hypothesis-seed", a.hypothesis_seed]
         repro += ["--hypothesis-seed", a.hypothesis_seed]
+    if a.hypothesis_db:
+        db = str(Path(a.hypothesis_db).resolve())
+        args += ["--sockconf-hypothesis-db", db]
+        repro += ["--hypothesis-db", db]
+    if a.duration is not None:
+        # (not in the reproduce line: a finding replays in one run, from the database)
+        args += ["--sockconf-fuzz-duration", str(a.duration)]
     args += ["--sockconf-reproduce", shlex.join(repro)]
     return args + list(a.pytest_arg)
 
@@ -144,6 +183,9 @@ def check(a: argparse.Namespace) -> int:
             print(f"sockconf: {e}", file=sys.stderr)
             return EXIT_USAGE
     if not (a.target or a.server or a.client or a.profile):
+        if a.duration is not None:
+            print("sockconf: a fuzz campaign needs a target or --profile", file=sys.stderr)
+            return EXIT_USAGE
         if a.test:
             # A check's name belongs to one profile's run: say which.
             print("sockconf: --test needs a target or --profile", file=sys.stderr)
@@ -156,12 +198,72 @@ def check(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     import pytest
 
+    tail = None
+    if a.duration is not None:
+        tail = _start_campaign(a)
     try:
         rc = pytest.main(_pytest_args(a))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if tail is not None:
+            tail.stop()
     return {0: EXIT_OK, 1: EXIT_NONCONFORMANT, 2: EXIT_INTERRUPTED, 3: EXIT_SUITE,
             4: EXIT_USAGE, 5: EXIT_USAGE}.get(int(rc), EXIT_SUITE)
+
+
+class _Tail:
+    """Prints the lines a file grows by (a campaign's progress log), from a thread,
+    until stopped (then the rest)."""
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        import threading
+        self.path, self.prefix, self.offset = path, prefix, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="campaign-tail")
+        self.thread.start()
+
+    def _show(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].decode("utf-8", "replace").splitlines():
+            print(f"{self.prefix}{line}", flush=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(1.0):
+            self._show()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5.0)
+        self._show()
+
+
+def _start_campaign(a: argparse.Namespace) -> _Tail:
+    """A campaign's defaults (artifacts dir, nightly profile, its example
+    database there) and the thread that prints its progress."""
+    from conformance.plugin import CAMPAIGN_LOG
+
+    if not a.artifacts:
+        a.artifacts = "sockconf-campaign"
+    a.artifacts = str(Path(a.artifacts).resolve())
+    a.hypothesis_profile = a.hypothesis_profile or "nightly"
+    if not a.hypothesis_db:
+        from conformance.hypothesis_setup import database_dir
+        a.hypothesis_db = database_dir(a.artifacts)
+    log = Path(a.artifacts) / CAMPAIGN_LOG
+    Path(a.artifacts).mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    print(f"fuzz campaign: {a.duration:g} s over the fuzz checks; artifacts {a.artifacts}, "
+          f"example database {a.hypothesis_db} (a finding saved there is replayed first)",
+          flush=True)
+    return _Tail(log, "  fuzz: ")
 
 
 def check_all_references(a: argparse.Namespace) -> int:
@@ -305,7 +407,7 @@ def matrix(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    return {"check": check, "serve": serve, "client": client, "targets": targets,
+    return {"check": check, "fuzz": check, "serve": serve, "client": client, "targets": targets,
             "matrix": matrix}[a.command](a)
 
 

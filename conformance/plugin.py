@@ -38,10 +38,11 @@ from typing import Any
 import pytest
 
 from conformance import clauses as catalogue
-from conformance import render
+from conformance import hypothesis_setup, render
 from conformance import report as rep
 from conformance.environment import describe_environment
 from conformance.evidence import NOT_APPLICABLE, SKIP, Inconclusive, Pass, Violation
+from conformance.scheduling import is_fuzz_check
 from conformance.target import Target, TargetFileError, resolve
 
 # A check that returns without a Pass (None) is the suite's error once every
@@ -51,6 +52,11 @@ _REQUIRE_PASS = False
 
 _PROPS = "sockconf"
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+# Check modules whose every check is about one profile's clauses (tested against
+# their clause marks in tests/unit/test_scheduling.py); the others serve all profiles.
+CAMPAIGN_LOG = "campaign.log"   # under --artifacts: a fuzz campaign's progress lines
+PROFILE_MODULES = {"test_hello.py": "hello", "test_client.py": "hello",
+                   "test_echo.py": "echo", "test_jsondoc.py": "jsondoc"}
 
 # (flags, keyword arguments) of every option; `_given` reads the same list.
 _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -76,6 +82,18 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                                       "clause, level and verdict properties"}),
     ("--sockconf-html", {"metavar": "FILE", "help": "write the report as one offline HTML page"}),
     ("--sockconf-artifacts", {"metavar": "DIR", "help": "keep evidence of failures here"}),
+    ("--sockconf-hypothesis-profile", {"choices": list(hypothesis_setup.PROFILES),
+                                       "help": "hypothesis profile of the fuzz checks "
+                                               "(default ci; also --hypothesis-profile)"}),
+    ("--sockconf-hypothesis-seed", {"metavar": "S", "help": "hypothesis seed (default: drawn "
+                                                            "and reported; also "
+                                                            "--hypothesis-seed)"}),
+    ("--sockconf-fuzz-duration", {"metavar": "SECONDS", "type": float,
+                                  "help": "a fuzz campaign: only the fuzz checks, each fuzzing "
+                                          "in rounds until its share of SECONDS is used"}),
+    ("--sockconf-hypothesis-db", {"metavar": "DIR",
+                                  "help": "hypothesis' example database (a fuzz campaign's "
+                                          "findings, replayed first); default: none"}),
     ("--sockconf-isolation", {"choices": ["auto", "none"],
                               "help": "auto (default): a private network namespace per worker; "
                                       "none: host loopback"}),
@@ -126,55 +144,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             "sockconf: the conformance checks need a target: add --sockconf-target FILE, "
             "--sockconf-server/--sockconf-client CMD, or --sockconf-profile PROFILE (the "
             "built-in reference)")
-
-
-# -- hypothesis --------------------------------------------------------------------------------
-
-def _register_hypothesis_profiles() -> None:
-    """`--hypothesis-profile ci|dev|nightly` (INTERFACE.md): registered before
-    hypothesis' own plugin loads the chosen profile."""
-    try:
-        from hypothesis import HealthCheck, settings
-    except ImportError:  # pragma: no cover - hypothesis is a dependency
-        return
-    # Checks drive real processes: examples are slow and data-heavy by nature, and a
-    # server fixture is reused across examples on purpose.  database=None: a
-    # conformance run never writes a .hypothesis/ folder into the user's cwd; a
-    # finding is replayed from its seed (or derandomized profile) instead.
-    slow = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-            HealthCheck.data_too_large, HealthCheck.large_base_example]
-    common: dict[str, Any] = {"deadline": None, "suppress_health_check": slow,
-                              "print_blob": True, "database": None}
-    # hypothesis still keeps a cache (.hypothesis/constants) in its home
-    # directory, by default in the cwd: point it at this run's scratch dir.
-    from hypothesis import configuration
-
-    from conformance.harness.testbed import scratch
-    configuration.set_hypothesis_home_dir(str(scratch("sockconf-hypothesis-")))
-    settings.register_profile("ci", max_examples=25, derandomize=True, **common)
-    settings.register_profile("dev", max_examples=100, **common)
-    settings.register_profile("nightly", max_examples=5000, **common)
-
-
-def _choose_hypothesis(config: pytest.Config) -> None:
-    """The ci profile unless another is chosen; a seed always (given or drawn
-    here), so that every fuzz finding's reproduce line names the seed that
-    replays it.  Drawn on the controller; xdist workers re-parse the command
-    line, so they get it through workerinput (pytest_configure_node)."""
-    if not hasattr(config.option, "hypothesis_profile"):
-        return
-    if not config.option.hypothesis_profile:
-        config.option.hypothesis_profile = "ci"
-        from hypothesis import settings
-        settings.load_profile("ci")
-    if config.option.hypothesis_seed:
-        return
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        config.option.hypothesis_seed = workerinput.get("sockconf_hypothesis_seed")
-    else:
-        import random
-        config.option.hypothesis_seed = str(random.SystemRandom().randrange(1, 2**32))
 
 
 # -- fixtures (used by the checks only; they need an active session) ---------------------------
@@ -332,11 +301,25 @@ class _Run:
         self.progress = bool(config.getoption("sockconf_progress"))
         self.shown: set[str] = set()            # clauses whose progress line was written
         self._clause_cache: dict[str, str | None] = {}
+        self.hypothesis = hypothesis_setup.HypothesisChoice("ci", "0")
+        self.duration: float | None = config.getoption("sockconf_fuzz_duration")
 
     @classmethod
     def start(cls, config: pytest.Config) -> _Run:
-        _register_hypothesis_profiles()
-        _choose_hypothesis(config)
+        duration = config.getoption("sockconf_fuzz_duration")
+        database = config.getoption("sockconf_hypothesis_db")
+        if duration is not None:
+            art = config.getoption("sockconf_artifacts")
+            if not art:
+                raise pytest.UsageError("sockconf: a fuzz campaign needs --sockconf-artifacts "
+                                        "(its example database and progress log live there)")
+            database = database or hypothesis_setup.database_dir(art)
+        choice = hypothesis_setup.choose(
+            config.option, getattr(config, "workerinput", None),
+            profile=config.getoption("sockconf_hypothesis_profile"),
+            seed=config.getoption("sockconf_hypothesis_seed"),
+            database=database, campaign=duration is not None)
+        hypothesis_setup.lazily(choice)
         try:
             target = resolve(config.getoption("sockconf_target"),
                              config.getoption("sockconf_server"),
@@ -355,6 +338,7 @@ class _Run:
                     raise pytest.UsageError(
                         f"sockconf: --clause {p} matches no clause of the {target.profile} profile")
         run = cls(config, target)
+        run.hypothesis = choice
         if not hasattr(config, "workerinput") and run.isolation_mode == "auto":
             # A non-root user gets its own user+network namespace here, while the
             # controller is still single-threaded; xdist workers inherit it.
@@ -389,9 +373,7 @@ class _Run:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        seed = getattr(node.config.option, "hypothesis_seed", None)
-        if seed:
-            node.workerinput["sockconf_hypothesis_seed"] = seed
+        node.workerinput["sockconf_hypothesis_seed"] = self.hypothesis.seed
 
     # -- collection ---------------------------------------------------------------------------
 
@@ -411,6 +393,25 @@ class _Run:
                         continue
                 metafunc.parametrize(arg, transports)
 
+    def pytest_ignore_collect(self, collection_path: Path, config: pytest.Config) -> bool | None:
+        """A module whose checks are all about another profile's clauses is not
+        even imported (test_jsondoc.py imports hypothesis: ~0.1-1 s per process)."""
+        profile = PROFILE_MODULES.get(collection_path.name)
+        if (profile is not None and profile != self.target.profile
+                and collection_path.parent == CHECKS_DIR):
+            return True
+        return None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """xdist's load scheduling, but its first checks dealt one at a time
+        round-robin: the long checks at the head of the collection (`run_order`)
+        then start first on different workers, not all on the first one."""
+        if config.getoption("dist", None) != "load":
+            return None
+        from conformance.scheduling import long_first_scheduler
+        return long_first_scheduler(config, log)
+
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         applicable = catalogue.applicable(self.target.profile)
@@ -428,6 +429,9 @@ class _Run:
             if cid not in applicable_ids or cid not in wanted or not _named(item, names):
                 drop.append(item)
                 continue
+            if self.duration is not None and not is_fuzz_check(item):
+                drop.append(item)   # a campaign fuzzes; the other checks are for `check`
+                continue
             client = item.get_closest_marker("sockconf_side") is not None
             prog = self.target.client if client else self.target.server
             if prog is None:
@@ -442,11 +446,26 @@ class _Run:
             config.workeroutput["sockconf_not_run"] = self.not_run
         if drop:
             config.hook.pytest_deselected(items=drop)
-            items[:] = keep
+        # The long checks first (a stable sort: the rest keep pytest's order), so
+        # that no worker starts one when the others are done.
+        from conformance.scheduling import run_order
+        keep.sort(key=run_order)
+        items[:] = keep
         for item in keep:
             m = item.get_closest_marker("clause")
             if m is not None:
                 self.expected[m.args[0]] = self.expected.get(m.args[0], 0) + 1
+        if self.duration is not None:
+            self._plan_campaign(config, len(keep))
+
+    def _plan_campaign(self, config: pytest.Config, checks: int) -> None:
+        """Each fuzz check's share of the campaign: the checks run `workers` at a
+        time, so each may fuzz duration * workers / checks seconds."""
+        from conformance.checks import campaign
+        workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+        assert self.duration is not None
+        campaign.PLAN.seconds = self.duration * min(workers, max(checks, 1)) / max(checks, 1)
+        campaign.PLAN.log = Path(config.getoption("sockconf_artifacts")) / CAMPAIGN_LOG
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -479,6 +498,10 @@ class _Run:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.duration is not None:
+            from conformance.checks import campaign
+            m = item.get_closest_marker("clause")
+            campaign.PLAN.check = f"{m.args[0] if m else '?'} {item.name}"
         m = item.get_closest_marker("sockconf_not_applicable")
         if m is not None:
             raise Inconclusive(m.args[0], NOT_APPLICABLE)
@@ -650,7 +673,7 @@ class _Run:
             return self.results
         clauses = catalogue.select(self.config.getoption("sockconf_clause"),
                                    catalogue.applicable(self.target.profile))
-        if self.config.getoption("sockconf_test"):
+        if self.config.getoption("sockconf_test") or self.duration is not None:
             # Only some checks were asked for: judge their clauses, not the rest as gaps.
             ran = {r.clause for r in self.records.values()}
             clauses = [c for c in clauses if c.id in ran]
@@ -665,8 +688,7 @@ class _Run:
         return describe_environment(
             isolation=found, isolation_mode=self.isolation_mode, userns=self.userns,
             root=self.real_root,
-            hypothesis_profile=getattr(self.config.option, "hypothesis_profile", None),
-            hypothesis_seed=getattr(self.config.option, "hypothesis_seed", None))
+            hypothesis_profile=self.hypothesis.profile, hypothesis_seed=self.hypothesis.seed)
 
     def document(self, results: list[rep.ClauseResult]) -> dict[str, Any]:
         doc = rep.to_json(results, target=self.target.describe(),
@@ -791,9 +813,14 @@ def _reproduce(config: pytest.Config, clause_id: str, fuzz: str | None = None) -
             line += f" --test {shlex.quote(fuzz)}"
         # The same profile and seed generate the same examples, so this line
         # replays the finding (and shrinks it again to the same minimal example).
-        for opt in ("hypothesis_profile", "hypothesis_seed"):
-            flag = "--" + opt.replace("_", "-")
-            v = getattr(config.option, opt, None)
+        choice = config.stash[RUN_KEY].hypothesis
+        # A campaign's finding is in its example database: the line names it,
+        # and the replay starts from it.
+        # (The seed replays a finding only when no database is in use: hypothesis
+        # forces no seed then.)
+        for flag, v in (("--hypothesis-profile", choice.profile),
+                        ("--hypothesis-seed", None if choice.database else choice.seed),
+                        ("--hypothesis-db", choice.database)):
             if v and flag not in base.split():
                 line += f" {flag} {shlex.quote(str(v))}"
     return line

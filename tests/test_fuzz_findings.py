@@ -48,3 +48,39 @@ def test_planted_bug_shrunk_and_replayed(fixtures_built: Callable[[str], Path],
     retest = _fuzz_failure(again.report or {})
     assert SHRUNK in retest["message"], retest["message"]
     assert sorted(shlex.split(retest["reproduce"])) == sorted(replay), retest["reproduce"]
+
+
+def test_campaign_finds_shrinks_and_replays(fixtures_built: Callable[[str], Path],
+                                            tmp_path: Path) -> None:
+    # A campaign of about a minute (`sockconf fuzz`, = check --duration) on one
+    # fuzz check: its progress shows the finding as it appears, the report has the
+    # shrunk example, and the reproduce line (naming the campaign's example
+    # database) replays it.
+    target = fixtures_built("echo") / "targets" / "m_echo1_strlen.toml"
+    art = tmp_path / "campaign"
+    first = sockconf("fuzz", str(target), "--duration", "60s", "--artifacts", str(art),
+                     "--test", "test_echo_fuzz[tcp4]", "-n", "0", tmp_path=tmp_path)
+    assert first.rc == 1, first.explain()
+    assert "fuzz: ECHO-1 test_echo_fuzz[tcp4]: FINDING" in first.stdout, first.stdout[-3000:]
+    test = _fuzz_failure(first.report or {})
+    assert SHRUNK in test["message"], test["message"]
+    replay = shlex.split(test["reproduce"])
+    assert replay[:2] == ["sockconf", "check"] and "--duration" not in replay, replay
+    assert replay[replay.index("--hypothesis-db") + 1] == str(art / "hypothesis-db"), replay
+    assert replay[replay.index("--test") + 1] == "test_echo_fuzz[tcp4]", replay
+    assert (art / "hypothesis-db").is_dir() and (art / "campaign.log").exists()
+
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    again = sockconf(*replay[1:], tmp_path=again_dir)
+    assert again.rc == 1, again.explain()
+    assert SHRUNK in _fuzz_failure(again.report or {})["message"]
+
+    # A second campaign starts from the first one's findings: the saved example
+    # fails again before a single new example is judged.
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = sockconf("fuzz", str(target), "--duration", "5s", "--artifacts", str(art),
+                      "--test", "test_echo_fuzz[tcp4]", "-n", "0", tmp_path=second_dir)
+    assert second.rc == 1, second.explain()
+    assert "FINDING in round 1 after 0 examples" in second.stdout, second.stdout[-3000:]

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import NoReturn
 
+from conformance.checks import campaign
 from conformance.evidence import Inconclusive, Pass, Violation
 from conformance.harness.testbed import Server, Testbed
 
@@ -75,7 +76,8 @@ class Fuzz:
         saved = engine.MAX_SHRINKING_SECONDS
         engine.MAX_SHRINKING_SECONDS = shrink_seconds()
         try:
-            test()
+            # Once, or in rounds for a campaign's time (checks/campaign.py).
+            campaign.run(test, lambda: self.count, self.what)
         except FlakyFailure as e:
             seen = next((x for x in e.exceptions if isinstance(x, Violation)), None)
             if seen is None:
@@ -126,10 +128,12 @@ class LiveServer:
         self.srv = self.bed.start_server(self.transport, name=name)
         return self.srv
 
-    def require_alive(self, what: str) -> None:
+    def require_alive(self, what: str, grace: float = 0.02) -> None:
+        """Violation if the server has died; a crash caused by the last exchange
+        may take a moment to be reaped: `grace` s (0: only look, as a check that
+        sees a death in its next exchange anyway does after each example)."""
         if self.srv is None:
             raise RuntimeError("require_alive() before any server was started")
-        # A crash caused by the last exchange may take a moment to be reaped.
-        if self.srv.proc.wait(0.02) is not None:
+        if self.srv.proc.wait(grace) is not None:
             raise Violation(f"{what}: the server died: {self.srv.proc.status()}; "
                             f"stderr {self.srv.proc.stderr()[-200:]!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -84,7 +85,12 @@ class Proc:
         return rc
 
     def wait(self, timeout: float) -> int | None:
-        """The exit status (negative: killed by that signal), or None on timeout."""
+        """The exit status (negative: killed by that signal), or None on timeout.
+        Returns as soon as the process ends (a pidfd becomes readable), where
+        Popen.wait(timeout) would poll with sleeps of up to 50 ms."""
+        rc = self.popen.poll()
+        if rc is None and timeout > 0 and not _await_exit(self.pid, timeout):
+            return None
         try:
             rc = self.popen.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
@@ -187,6 +193,22 @@ class Proc:
         if self.ended is None:
             self.ended = time.monotonic()
         _LIVE.pop(self.pid, None)
+
+
+def _await_exit(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for our unreaped child `pid` to end: False if it is
+    still running then; True when it ended, or when that cannot be waited for
+    here (no pidfd: the caller's Popen.wait then polls as it always did)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> bytes:

@@ -358,7 +358,8 @@ class Testbed:
                 return "exit", rc
             if time.monotonic() >= deadline:
                 return "running", None
-            time.sleep(delay)
+            # Sleeps until the next look for a listener, but an exit ends it at once.
+            proc.wait(delay)
             delay = min(delay * 2, 0.02)
 
     # -- clients --------------------------------------------------------------------------
