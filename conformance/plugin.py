@@ -654,9 +654,12 @@ class _Run:
 
     def _gaps(self) -> dict[str, tuple[str, str]]:
         gaps: dict[str, tuple[str, str]] = {}
-        server = self.target.server
+        # An option applies when either side declares it ([server.options] or the
+        # hello client's [client.options]).
+        declared = {o for p in (self.target.server, self.target.client) if p is not None
+                    for o in p.options}
         for c in catalogue.CATALOGUE:
-            if c.option and (server is None or not server.supports(c.option)):
+            if c.option and c.option not in declared:
                 gaps[c.id] = (f"the target does not declare option {c.option!r}", NOT_APPLICABLE)
             elif c.option:
                 gaps[c.id] = ("no check implements this option clause yet", SKIP)

@@ -193,7 +193,8 @@ def test_client_dontroute(bed: Testbed) -> Pass:
     on the link is reached as usual."""
     program = bed.client_program
     if not program.supports("dontroute"):
-        raise Inconclusive("the client does not declare option 'dontroute'", NOT_APPLICABLE)
+        raise Inconclusive("the target does not declare option 'dontroute' for its client",
+                           NOT_APPLICABLE)
     if "tcp4" not in program.transports:
         raise Inconclusive("dontroute is judged over an IPv4 veth link; the client declares "
                            f"{', '.join(program.transports)}", NOT_APPLICABLE)
