@@ -27,12 +27,10 @@ from conformance.evidence import Inconclusive, Pass, Violation
 """
 
 
-def _run(tmp_path: Path, checks: str, *clauses: str, extra: tuple[str, ...] = (),
-         conftest: str = "") -> tuple[int, str, dict[str, Any]]:
+def _run(tmp_path: Path, checks: str, *clauses: str, extra: tuple[str, ...] = ()
+         ) -> tuple[int, str, dict[str, Any]]:
     (tmp_path / "test_throwaway.py").write_text(HEADER + textwrap.dedent(checks))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    if conftest:
-        (tmp_path / "conftest.py").write_text(textwrap.dedent(conftest))
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
            "--rootdir", str(tmp_path), str(tmp_path / "test_throwaway.py"),
@@ -294,9 +292,8 @@ def test_violation_in_teardown_counts_only_from_check_code() -> None:
     assert not plugin._target_failure(OSError(28, "No space left on device"), "call")
 
 
-def test_a_check_without_a_judgement_is_an_error_when_required(tmp_path: Path) -> None:
-    # _REQUIRE_PASS is off while the checks are converted; with it on, a check
-    # that returns None has judged nothing: the suite's error, never a pass.
+def test_a_check_without_a_judgement_is_an_error(tmp_path: Path) -> None:
+    # A check that returns None has judged nothing: the suite's error, never a pass.
     checks = """
     @clause("HELLO-1")
     def test_forgot_to_judge():
@@ -306,11 +303,7 @@ def test_a_check_without_a_judgement_is_an_error_when_required(tmp_path: Path) -
     def test_judged():
         return Pass("greeting before any client data")
     """
-    conftest = """
-    import conformance.plugin
-    conformance.plugin._REQUIRE_PASS = True
-    """
-    rc, out, doc = _run(tmp_path, checks, "HELLO-1", "HELLO-2", conftest=conftest)
+    rc, out, doc = _run(tmp_path, checks, "HELLO-1", "HELLO-2")
     assert rc == 3, out
     assert _verdicts(doc) == {"HELLO-1": "error", "HELLO-2": "pass"}
     (test,) = doc["clauses"][0]["tests"]
