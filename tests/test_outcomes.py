@@ -344,3 +344,25 @@ def test_bad_timeout_scale_is_exit_2(tmp_path: Path, scale: str) -> None:
     assert "timeout-scale" in res.stderr
     if scale == "0.5":   # ours: one line (argparse prints its usage for "x")
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_emfile_in_the_suite_is_an_error_not_the_targets_failure(tmp_path: Path) -> None:
+    # Every socket() of the suite's own process fails with EMFILE (strace fault
+    # injection on sockconf itself, not on the target: no -f): the check cannot
+    # be carried out, which is sockconf's error (exit 3), never a `fail`.
+    import shutil
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / "r.json"
+    res = subprocess.run(
+        [strace, "-o", "/dev/null", "-e", "trace=socket", "-e", "inject=socket:error=EMFILE",
+         sys.executable, "-m", "conformance", "check", "reference-hello", "--clause", "ERR-2",
+         "-n", "0", "--report-json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert _verdicts(doc) == {"ERR-2": "error"}
+    (test,) = doc["clauses"][0]["tests"]
+    assert "Too many open files" in test["message"] and test["traceback"]
+    assert doc["conformant"] is False
