@@ -45,11 +45,6 @@ from conformance.evidence import NOT_APPLICABLE, SKIP, Inconclusive, Pass, Viola
 from conformance.scheduling import is_fuzz_check
 from conformance.target import Target, TargetFileError, resolve
 
-# A check that returns without a Pass (None) is the suite's error once every
-# check ends with `return Pass(...)`; until the checks are converted it is
-# accepted as a pass.  The integrator flips this.
-_REQUIRE_PASS = False
-
 _PROPS = "sockconf"
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 # Check modules whose every check is about one profile's clauses (tested against
@@ -519,7 +514,8 @@ class _Run:
         elif result is not None:
             raise TypeError(f"a check returns a Pass or raises; {pyfuncitem.name} "
                             f"returned {result!r}")
-        elif _REQUIRE_PASS:
+        else:
+            # Returning without a judgement is not a pass: nothing was proven.
             raise NoJudgement(f"check ended without a judgement: {pyfuncitem.name} returned "
                               "None (a check returns Pass(...) or raises Violation/Inconclusive)")
         return True
@@ -654,9 +650,12 @@ class _Run:
 
     def _gaps(self) -> dict[str, tuple[str, str]]:
         gaps: dict[str, tuple[str, str]] = {}
-        server = self.target.server
+        # An option applies when either side declares it ([server.options] or the
+        # hello client's [client.options]).
+        declared = {o for p in (self.target.server, self.target.client) if p is not None
+                    for o in p.options}
         for c in catalogue.CATALOGUE:
-            if c.option and (server is None or not server.supports(c.option)):
+            if c.option and c.option not in declared:
                 gaps[c.id] = (f"the target does not declare option {c.option!r}", NOT_APPLICABLE)
             elif c.option:
                 gaps[c.id] = ("no check implements this option clause yet", SKIP)

@@ -27,12 +27,10 @@ from conformance.evidence import Inconclusive, Pass, Violation
 """
 
 
-def _run(tmp_path: Path, checks: str, *clauses: str, extra: tuple[str, ...] = (),
-         conftest: str = "") -> tuple[int, str, dict[str, Any]]:
+def _run(tmp_path: Path, checks: str, *clauses: str, extra: tuple[str, ...] = ()
+         ) -> tuple[int, str, dict[str, Any]]:
     (tmp_path / "test_throwaway.py").write_text(HEADER + textwrap.dedent(checks))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    if conftest:
-        (tmp_path / "conftest.py").write_text(textwrap.dedent(conftest))
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
            "--rootdir", str(tmp_path), str(tmp_path / "test_throwaway.py"),
@@ -294,9 +292,8 @@ def test_violation_in_teardown_counts_only_from_check_code() -> None:
     assert not plugin._target_failure(OSError(28, "No space left on device"), "call")
 
 
-def test_a_check_without_a_judgement_is_an_error_when_required(tmp_path: Path) -> None:
-    # _REQUIRE_PASS is off while the checks are converted; with it on, a check
-    # that returns None has judged nothing: the suite's error, never a pass.
+def test_a_check_without_a_judgement_is_an_error(tmp_path: Path) -> None:
+    # A check that returns None has judged nothing: the suite's error, never a pass.
     checks = """
     @clause("HELLO-1")
     def test_forgot_to_judge():
@@ -306,11 +303,7 @@ def test_a_check_without_a_judgement_is_an_error_when_required(tmp_path: Path) -
     def test_judged():
         return Pass("greeting before any client data")
     """
-    conftest = """
-    import conformance.plugin
-    conformance.plugin._REQUIRE_PASS = True
-    """
-    rc, out, doc = _run(tmp_path, checks, "HELLO-1", "HELLO-2", conftest=conftest)
+    rc, out, doc = _run(tmp_path, checks, "HELLO-1", "HELLO-2")
     assert rc == 3, out
     assert _verdicts(doc) == {"HELLO-1": "error", "HELLO-2": "pass"}
     (test,) = doc["clauses"][0]["tests"]
@@ -351,3 +344,25 @@ def test_bad_timeout_scale_is_exit_2(tmp_path: Path, scale: str) -> None:
     assert "timeout-scale" in res.stderr
     if scale == "0.5":   # ours: one line (argparse prints its usage for "x")
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_emfile_in_the_suite_is_an_error_not_the_targets_failure(tmp_path: Path) -> None:
+    # Every socket() of the suite's own process fails with EMFILE (strace fault
+    # injection on sockconf itself, not on the target: no -f): the check cannot
+    # be carried out, which is sockconf's error (exit 3), never a `fail`.
+    import shutil
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / "r.json"
+    res = subprocess.run(
+        [strace, "-o", "/dev/null", "-e", "trace=socket", "-e", "inject=socket:error=EMFILE",
+         sys.executable, "-m", "conformance", "check", "reference-hello", "--clause", "ERR-2",
+         "-n", "0", "--report-json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert _verdicts(doc) == {"ERR-2": "error"}
+    (test,) = doc["clauses"][0]["tests"]
+    assert "Too many open files" in test["message"] and test["traceback"]
+    assert doc["conformant"] is False

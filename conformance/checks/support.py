@@ -271,3 +271,27 @@ def hold_port(transport: str, port: int) -> socket.socket:
 def settle(seconds: float = 0.05) -> None:
     """Let in-flight segments land before the capture is judged."""
     time.sleep(seconds)
+
+
+def stop_while_connected(bed: Testbed, srv: Server) -> None:
+    """A concurrent server ends (SIGTERM) while a client is connected: its side
+    closes first, so the TIME_WAIT is the server's — the situation in which a
+    restart needs SO_REUSEADDR."""
+    session = Session(bed, srv)
+    try:
+        session.roundtrip(1)
+        srv.signal(signal.SIGTERM)
+        # Only a hang guard: how fast it ends is LIFE-6's to judge (a 2 s wait here
+        # once ran out for the reference echo server on a machine loaded ~3x over).
+        if srv.wait_exit(10.0) is None:
+            raise Inconclusive("the server did not end on SIGTERM within "
+                               f"{10.0 * srv.timeout_scale:g} s (LIFE-6's concern)")
+        session.sock.settimeout(2.0)
+        try:
+            while session.sock.recv(65536):
+                pass
+        except OSError:
+            pass  # reset or timed out: the server's side is closed either way
+    finally:
+        session.close()
+    settle(0.1)

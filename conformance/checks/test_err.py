@@ -9,7 +9,7 @@ import pytest
 from conformance.checks import faults, profiles, support
 from conformance.checks.faults import CLIENT_EMFILE, CLIENT_FAULTS, SERVER_EMFILE, SERVER_FAULTS
 from conformance.clauses import clause, client_side
-from conformance.evidence import Inconclusive, Pass, require
+from conformance.evidence import NOT_APPLICABLE, Inconclusive, Pass, require
 from conformance.harness import peers, strace
 from conformance.harness.process import describe_status
 from conformance.harness.syscalls import parse
@@ -54,7 +54,8 @@ def _reported(run: faults.FaultRun) -> Pass:
 def test_bind_failure(bed: Testbed) -> Pass:
     transport = bed.primary(bed.server_program)
     if transport == "unix":
-        pytest.skip("ERR-1 is about a port held by another listening socket")
+        raise Inconclusive("ERR-1 is about a port held by another listening socket; the "
+                           "target's server declares only AF_UNIX", NOT_APPLICABLE)
     port = bed.free_port(transport)
     with support.hold_port(transport, port):
         t0 = time.monotonic()
@@ -96,7 +97,8 @@ EARLY_ENDS = [(0, False), (0, True), (5, False), (5, True)]
 def test_server_ends_early(bed: Testbed, nbytes: int, reset: bool) -> Pass:
     transport = bed.primary(bed.client_program)
     if transport == "unix":
-        pytest.skip("the early-end peers are TCP (RST has no AF_UNIX equivalent)")
+        raise Inconclusive("the early-end peers are TCP (RST has no AF_UNIX equivalent); the "
+                           "target's client declares only AF_UNIX", NOT_APPLICABLE)
     # 0.2 s (times the client's timeout_scale) for the client to see its connect
     # complete before the server ends the connection early.
     early_end = peers.cut_short(nbytes, reset=reset, after=0.2 * bed.client_program.timeout_scale)

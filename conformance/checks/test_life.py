@@ -230,7 +230,7 @@ def test_restart_during_time_wait(bed: Testbed) -> Pass:
             raise Inconclusive(f"the server did not exit after one client ({got.describe()}): "
                                "LIFE-3's concern")
     else:
-        _stop_while_connected(bed, srv)
+        support.stop_while_connected(bed, srv)
     waiting = [e for e in sockets_on_port(srv.port) if e.state == "TIME_WAIT"
                and e.port == srv.port]
     if not waiting:
@@ -245,30 +245,6 @@ def test_restart_during_time_wait(bed: Testbed) -> Pass:
     return Pass(f"restarted on port {srv.port} while {len(waiting)} connection(s) of the "
                 "first run were in TIME_WAIT, and listened",
                 Seen("TIME_WAIT on the server's port", waiting[0]), Seen("listener", value))
-
-
-def _stop_while_connected(bed: Testbed, srv: Server) -> None:
-    """A concurrent server ends (SIGTERM) while a client is connected: its side
-    closes first, so the TIME_WAIT is the server's — the situation in which a
-    restart needs SO_REUSEADDR."""
-    session = support.Session(bed, srv)
-    try:
-        session.roundtrip(1)
-        srv.signal(signal.SIGTERM)
-        # Only a hang guard: how fast it ends is LIFE-6's to judge (a 2 s wait here
-        # once ran out for the reference echo server on a machine loaded ~3x over).
-        if srv.wait_exit(10.0) is None:
-            raise Inconclusive("the server did not end on SIGTERM within "
-                               f"{10.0 * srv.timeout_scale:g} s (LIFE-6's concern)")
-        session.sock.settimeout(2.0)
-        try:
-            while session.sock.recv(65536):
-                pass
-        except OSError:
-            pass  # reset or timed out: the server's side is closed either way
-    finally:
-        session.close()
-    support.settle(0.1)
 
 
 # -- LIFE-6 -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from conformance.checks.options import (
     listener,
     tcp_transport,
 )
-from conformance.clauses import clause
+from conformance.clauses import clause, transports
 from conformance.evidence import NOT_APPLICABLE, Inconclusive, Pass, Violation, require
 from conformance.harness import packets, peers, sockopts
 from conformance.harness.testbed import Testbed
@@ -35,15 +35,16 @@ LATE_HANDSHAKE_S = 1.0    # ... or, on a loaded machine, a little later
 
 # -- OPT-DEBUG -----------------------------------------------------------------------------------
 
+@transports("tcp4", "tcp6", "udp4")
 @clause("OPT-DEBUG")
-def test_debug(bed: Testbed) -> Pass:
-    """SO_DEBUG is 1 on duplicates of the listening and the accepted socket (for a
-    UDP-only target: of its datagram socket)."""
+def test_debug(bed: Testbed, server_transport: str) -> Pass:
+    """SO_DEBUG is 1 on duplicates of the listening and the accepted socket (udp4:
+    of the datagram socket)."""
     declared(bed, "debug")
     if not sockopts.in_initial_userns():
         raise Inconclusive("setting SO_DEBUG needs CAP_NET_ADMIN in the initial user namespace "
                            "(run as root): a target would fail with EACCES here")
-    if not any(t in bed.server_program.transports for t in ("tcp4", "tcp6")):
+    if server_transport == "udp4":
         srv = bed.start_server("udp4", options={"debug": {}})
         assert srv.port is not None
         entry = sockopts.udp_socket_of(srv.pid, srv.port)
@@ -53,7 +54,7 @@ def test_debug(bed: Testbed) -> Pass:
                                        "SO_DEBUG of the UDP socket")
         readings = [reading]
     else:
-        srv = bed.start_server(tcp_transport(bed, "debug"), options={"debug": {}})
+        srv = bed.start_server(server_transport, options={"debug": {}})
         with connected(srv) as (_sock, accepted):
             readings = [
                 sockopts.read_option(listener(srv), socket.SOL_SOCKET, socket.SO_DEBUG,
@@ -116,8 +117,8 @@ def test_backlog(bed: Testbed) -> Pass:
 # -- OPT-RCVBUF / OPT-SNDBUF -------------------------------------------------------------------------
 
 def _udp_buffer(bed: Testbed, option: str, value: int) -> Pass:
-    """A UDP-only target: its datagram socket's buffer (read on a duplicate) equals
-    a calibration socket's."""
+    """udp4: the datagram socket's buffer (read on a duplicate) equals a
+    calibration socket's."""
     srv = bed.start_server("udp4", options={option: {"bytes": value}})
     assert srv.port is not None
     entry = sockopts.udp_socket_of(srv.pid, srv.port)
@@ -134,15 +135,16 @@ def _udp_buffer(bed: Testbed, option: str, value: int) -> Pass:
     return Pass(f"{reading} = calibration ({value} -> {cal})", reading)
 
 
+@transports("tcp4", "tcp6", "udp4")
 @clause("OPT-RCVBUF")
-def test_rcvbuf(bed: Testbed) -> Pass:
+def test_rcvbuf(bed: Testbed, server_transport: str) -> Pass:
     """The listener's and the accepted socket's receive buffer (sock_diag skmem)
     and the SYN-ACK's window scale (scapy, lossless capture) equal a calibration
     listener given the same value before listen()."""
     declared(bed, "rcvbuf")
-    if not any(t in bed.server_program.transports for t in ("tcp4", "tcp6")):
+    if server_transport == "udp4":
         return _udp_buffer(bed, "rcvbuf", RCVBUF)
-    transport = tcp_transport(bed, "rcvbuf")
+    transport = server_transport
     bed.require_wire()
     cal = sockopts.calibrate(transport, rcvbuf=RCVBUF)
     srv = bed.start_server(transport, options={"rcvbuf": {"bytes": RCVBUF}})
@@ -174,14 +176,15 @@ def test_rcvbuf(bed: Testbed) -> Pass:
                 lst, acc, wire, cal)
 
 
+@transports("tcp4", "tcp6", "udp4")
 @clause("OPT-SNDBUF")
-def test_sndbuf(bed: Testbed) -> Pass:
+def test_sndbuf(bed: Testbed, server_transport: str) -> Pass:
     """The accepted socket's send buffer (sock_diag skmem) equals a calibration
     socket's given the same value (so it is locked, not auto-tuned)."""
     declared(bed, "sndbuf")
-    if not any(t in bed.server_program.transports for t in ("tcp4", "tcp6")):
+    if server_transport == "udp4":
         return _udp_buffer(bed, "sndbuf", SNDBUF)
-    transport = tcp_transport(bed, "sndbuf")
+    transport = server_transport
     cal = sockopts.calibrate(transport, sndbuf=SNDBUF)
     srv = bed.start_server(transport, options={"sndbuf": {"bytes": SNDBUF}})
     assert srv.port is not None

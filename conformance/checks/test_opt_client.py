@@ -37,7 +37,8 @@ def client_declared(bed: Testbed, option: str) -> str:
     """The TCP transport the client's option is judged on."""
     program = bed.client_program
     if not program.supports(option):
-        raise Inconclusive(f"the client does not declare option {option!r}", NOT_APPLICABLE)
+        raise Inconclusive(f"the target does not declare option {option!r} for its client",
+                           NOT_APPLICABLE)
     for t in ("tcp4", "tcp6"):
         if t in program.transports:
             return t

@@ -22,7 +22,6 @@ from conformance.checks.options import (
     judge_probes,
     tcp_transport,
 )
-from conformance.checks.test_life import _stop_while_connected
 from conformance.clauses import clause
 from conformance.evidence import NOT_APPLICABLE, Doubt, Inconclusive, Pass, Violation, require
 from conformance.harness import inspect, packets, peers, sockopts
@@ -58,7 +57,7 @@ def _server_closes_first(bed: Testbed, srv: Server) -> sockopts.DiagRecord:
             raise Inconclusive(f"the server did not exit after one client ({got.describe()}): "
                                "LIFE-3's concern")
     else:
-        _stop_while_connected(bed, srv)
+        support.stop_while_connected(bed, srv)
     waiting = _time_wait(srv.port)
     if not waiting:
         raise Inconclusive("the server did not close first (no TIME_WAIT on its side): "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from conformance.checks import profiles
 from conformance.checks.options import declared
-from conformance.clauses import clause, client_side
+from conformance.clauses import clause, client_side, transports
 from conformance.evidence import NOT_APPLICABLE, Doubt, Inconclusive, Pass, Violation, require
 from conformance.harness import peers, sockopts
 from conformance.harness.capture import Capture, CaptureUnavailable
@@ -83,16 +83,6 @@ def linked(bed: Testbed) -> Iterator[tuple[Link, LinkWire]]:
         link.close()
 
 
-def _ipv4(bed: Testbed, option: str, *, datagram: bool) -> str:
-    """tcp4 (or udp4) — the link is IPv4."""
-    have = bed.server_program.transports
-    for t in (("udp4",) if datagram else ("tcp4", "udp4")):
-        if t in have:
-            return t
-    raise Inconclusive(f"{option} is judged over an IPv4 veth link; the target declares "
-                       f"{', '.join(have)}", NOT_APPLICABLE)
-
-
 def _tcp_from(src: str, dst: tuple[str, int], wait: float, payload: bytes
               ) -> tuple[bool, peers.Received | None]:
     """From `src`: does the handshake complete within `wait`; if so the profile's
@@ -129,12 +119,13 @@ def _udp_from(src: str, dst: tuple[str, int], wait: float) -> bytes | None:
 
 # -- OPT-DONTROUTE (server) ---------------------------------------------------------------------
 
+@transports("tcp4", "udp4")
 @clause("OPT-DONTROUTE")
-def test_dontroute(bed: Testbed) -> Pass:
+def test_dontroute(bed: Testbed, server_transport: str) -> Pass:
     """A peer behind the gateway gets no SYN-ACK (UDP: no echo), an on-link peer is
-    served as usual."""
+    served as usual (over the IPv4 link: tcp4 and udp4)."""
     declared(bed, "dontroute")
-    transport = _ipv4(bed, "dontroute", datagram=False)
+    transport = server_transport
     with linked(bed) as (link, wire):
         srv: Server = bed.start_server(transport, options={"dontroute": {}})
         assert srv.port is not None
@@ -202,7 +193,8 @@ def test_client_dontroute(bed: Testbed) -> Pass:
     on the link is reached as usual."""
     program = bed.client_program
     if not program.supports("dontroute"):
-        raise Inconclusive("the client does not declare option 'dontroute'", NOT_APPLICABLE)
+        raise Inconclusive("the target does not declare option 'dontroute' for its client",
+                           NOT_APPLICABLE)
     if "tcp4" not in program.transports:
         raise Inconclusive("dontroute is judged over an IPv4 veth link; the client declares "
                            f"{', '.join(program.transports)}", NOT_APPLICABLE)
@@ -277,7 +269,9 @@ def test_broadcast(bed: Testbed) -> Pass:
     socket is allowed and arrives with the target's port; where the option can be
     left off, the same send fails with EACCES."""
     declared(bed, "broadcast")
-    _ipv4(bed, "broadcast", datagram=True)
+    if "udp4" not in bed.server_program.transports:
+        raise Inconclusive("broadcast is a datagram option; the target declares no udp4",
+                           NOT_APPLICABLE)
     with linked(bed) as (link, _wire):
         srv = bed.start_server("udp4", options={"broadcast": {}})
         err, got = _broadcast_from(link, srv)
