@@ -79,6 +79,12 @@ def _exchange(sock: socket.socket, chunks: list[bytes], expected: bytes, *, time
     t0 = time.monotonic()
     deadline = t0 + timeout
     sock.setblocking(False)
+    # ACK at once, not after the delayed-ACK timer (up to 40 ms): a server whose
+    # kernel holds back a small segment until its last one is acknowledged (Nagle)
+    # would otherwise stall every exchange that ends on one.  A fresh connection
+    # starts in this mode; a reused one leaves it, and the kernel clears the option
+    # again as it goes: set before each wait for the echo.
+    quickack = sock.family != socket.AF_UNIX
     poller = select.poll()
     todo = [c for c in chunks if c]
     k, off = 0, 0             # the next write: todo[k][off:]
@@ -129,6 +135,8 @@ def _exchange(sock: socket.socket, chunks: list[bytes], expected: bytes, *, time
                 break
             wait = min(wait, (nudge if nudge is not None and not nudged else idle) - quiet)
         poller.register(sock, select.POLLIN | (select.POLLOUT if pending else 0))
+        if quickack:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         events = poller.poll(max(1, int(wait * 1000) + 1))
         if not events:
             writable = False
