@@ -78,7 +78,10 @@ def _process_start() -> float:
 
 def _install() -> None:
     from conformance.harness import capture, netns, process, readiness, testbed
-    from conformance.harness import trace as tracing
+    try:  # (older trees: harness/trace.py)
+        from conformance.harness import strace as tracing
+    except ImportError:
+        from conformance.harness import trace as tracing  # type: ignore[no-redef]
 
     time.sleep = _sleep
     _timed(netns, "isolate", "netns.isolate (namespace set-up, once per process)")
@@ -96,7 +99,7 @@ def _install() -> None:
     _timed(testbed.Testbed, "start_server", "Testbed.start_server (spawn + ready)")
     _timed(testbed.Testbed, "run", "Testbed.run (a program to its end)")
     _timed(testbed.Testbed, "attach_trace", "Testbed.attach_trace (strace -p)")
-    _timed(tracing, "strace_path", "trace.strace_path (strace probe)")
+    _timed(tracing, "strace_path", "strace.strace_path (strace probe)")
 
 
 _PHASES: dict[str, float] = defaultdict(float)

@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                          "target: the three reference profiles) (default: reference c)")
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="seconds after which one run is killed (default 900)")
-    ap.add_argument("--sockconf", default=shutil.which("sockconf") or "sockconf",
-                    help="the sockconf executable (default: the one on PATH)")
+    ap.add_argument("--sockconf", nargs="+", default=[shutil.which("sockconf") or "sockconf"],
+                    metavar="[LABEL=]PATH",
+                    help="the sockconf executable(s) (default: the one on PATH); several "
+                         "(e.g. before=/old/venv/bin/sockconf after=.venv/bin/sockconf) are "
+                         "timed interleaved, each row labelled")
     ap.add_argument("--keep", action="store_true", help="keep the temporary build folder")
     args = ap.parse_args(argv)
 
@@ -49,14 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         build = build_hello(tmp / "T")
         target = build / "targets" / "good.toml"
         commands: dict[str, list[str]] = {}
-        for what in args.targets:
-            for n in args.jobs:
-                base = [args.sockconf, "check"]
-                if what == "c":
-                    base.append(str(target))
-                if what != "all":
-                    base += ["--profile", "hello"]
-                commands[f"{what} -n {n}"] = [*base, "-n", str(n)]
+        tools = [t.partition("=")[::2] if "=" in t else ("", t) for t in args.sockconf]
+        for label, exe in tools:
+            for what in args.targets:
+                for n in args.jobs:
+                    base = [exe, "check"]
+                    if what == "c":
+                        base.append(str(target))
+                    if what != "all":
+                        base += ["--profile", "hello"]
+                    key = f"{label + ' ' if label else ''}{what} -n {n}"
+                    commands[key] = [*base, "-n", str(n)]
         times: dict[str, list[float]] = {k: [] for k in commands}
         statuses: dict[str, list[str]] = {k: [] for k in commands}
         summaries: dict[str, str] = {}
@@ -80,16 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("commands (T = the temporary build folder):")
         for key, cmd in commands.items():
-            shown = " ".join(cmd).replace(str(build), "T").replace(args.sockconf, "sockconf")
+            shown = " ".join(cmd).replace(str(build), "T")
             print(f"  {key:14s} {shown}")
         print()
         rows = []
         for key in commands:
             med, lo, hi = stats(times[key])
             what, _, n = key.partition(" -n ")
+            label, _, what = what.rpartition(" ")
             rows.append([
-                {"reference": "reference (built-in)", "c": "C pair (good.toml)",
-                 "all": "all three reference profiles"}[what],
+                (f"{label}: " if label else "")
+                + {"reference": "reference (built-in)", "c": "C pair (good.toml)",
+                   "all": "all three reference profiles"}[what],
                 n, str(len(times[key])), f"{med:.2f}", f"{lo:.2f}", f"{hi:.2f}",
                 f"{min(loads[key]):.1f}-{max(loads[key]):.1f}",
                 ", ".join(sorted(set(statuses[key]))), summaries[key],
