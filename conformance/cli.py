@@ -123,10 +123,15 @@ def _pytest_args(a: argparse.Namespace) -> list[str]:
     # hypothesis' own pytest plugin is off: it imports hypothesis in every process
     # (~0.1-1 s each) even for a profile without fuzz checks; the sockconf plugin
     # takes the profile and seed and applies them when a check imports hypothesis.
+    from conformance.harness.testbed import scratch
     args = ["--pyargs", "conformance.checks", "-c", str(PKG / "pytest.ini"),
             "--rootdir", str(PKG), "--noconftest", "-p", "no:cacheprovider", "-p", "no:xprocess",
             "-p", "no:hypothesispytest",
-            "-n", str(a.workers), "--sockconf-isolation", a.isolation]
+            "-n", str(a.workers), "--sockconf-isolation", a.isolation,
+            # pytest's temp root in this run's scratch dir, removed with it: the
+            # default /tmp/pytest-of-$USER is refused when $USER names another
+            # user than the one running (sudo -u, setpriv) and would outlive us.
+            "--basetemp", str(scratch("sockconf-pytest-") / "basetemp")]
     if a.verbose:
         args += ["-v", "--tb=short"]
     else:
