@@ -68,7 +68,15 @@ class Link:
         return inspect.run_in_netns(self.helper.pid, fn)
 
     def close(self) -> None:
-        self.helper.kill()
+        """Delete the veth pair now, then end the helper: a namespace's devices
+        otherwise go only when the kernel gets round to tearing it down, after
+        the helper's death (a link of the same name could then still exist)."""
+        try:
+            if self.ifname:
+                subprocess.run([_tool("ip"), "link", "del", self.ifname], capture_output=True,
+                               timeout=10)
+        finally:
+            self.helper.kill()
 
 
 def _run(argv: list[str], what: str) -> None:
