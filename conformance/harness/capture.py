@@ -102,12 +102,16 @@ class _ReaderState:
     """Shared between the capture object and its reader thread (not the Capture itself,
     so an abandoned Capture can still be garbage-collected and its thread stopped)."""
 
-    __slots__ = ("sock", "frames", "stop", "deadline", "overflow", "errors", "filter_outgoing")
+    __slots__ = ("sock", "frames", "stop", "wake", "deadline", "overflow", "errors",
+                 "filter_outgoing")
 
     def __init__(self, sock: socket.socket, frames: list[tuple[float, bytes]]) -> None:
         self.sock = sock
         self.frames = frames
         self.stop = threading.Event()
+        # stop() writes here so that the reader starts its last quiet period at once,
+        # not when its current poll() slice ends (up to _QUIET_S later).
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.deadline = float("inf")
         self.overflow = 0
         self.errors: list[str] = []
@@ -125,6 +129,7 @@ def _reader(st: _ReaderState, max_frames: int) -> None:
     recvfrom_into = sock.recvfrom_into
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
+    poller.register(st.wake, select.POLLIN)
     quiet_ms = int(_QUIET_S * 1000)
     chunk = range(_CHUNK)
     try:
@@ -158,7 +163,15 @@ def _reader(st: _ReaderState, max_frames: int) -> None:
             stopping = st.stop.is_set()  # read before the quiet period starts
             if stopping and time.monotonic() > st.deadline:
                 return
-            if not poller.poll(quiet_ms) and stopping:
+            events = poller.poll(quiet_ms)
+            if any(fd == st.wake for fd, _ in events):
+                # stop() was called: drain, then a whole quiet period from now on.
+                try:
+                    os.eventfd_read(st.wake)
+                except OSError:
+                    pass
+                continue
+            if not events and stopping:
                 return
     finally:
         mv.release()
@@ -168,8 +181,10 @@ def _shutdown(st: _ReaderState, thread: threading.Thread) -> None:
     """Finalizer for a Capture that was never stopped."""
     st.deadline = 0.0
     st.stop.set()
+    os.eventfd_write(st.wake, 1)
     thread.join(1.0)
     st.sock.close()
+    os.close(st.wake)
 
 
 # ------------------------------------------------------------------------- capture
@@ -258,6 +273,7 @@ class Capture:
             raise CaptureUnavailable(NO_CAP_NET_RAW) from None
         except OSError as e:
             raise CaptureUnavailable(f"cannot open an AF_PACKET socket: {e}") from None
+        st: _ReaderState | None = None
         try:
             st = _ReaderState(sock, self.frames)
             try:
@@ -289,6 +305,8 @@ class Capture:
             thread.start()
         except BaseException:
             sock.close()
+            if st is not None:
+                os.close(st.wake)
             raise
         self._state = st
         self._thread = thread
@@ -306,6 +324,7 @@ class Capture:
         try:
             st.deadline = time.monotonic() + _DRAIN_MAX_S
             st.stop.set()
+            os.eventfd_write(st.wake, 1)
             thread.join(_DRAIN_MAX_S + 1.0)
             if thread.is_alive():  # pragma: no cover - reader stuck; should not happen
                 st.deadline = 0.0
@@ -321,6 +340,7 @@ class Capture:
             self.errors.extend(st.errors)
         finally:
             st.sock.close()
+            os.close(st.wake)
             if self._finalizer is not None:
                 self._finalizer.detach()
 
