@@ -30,7 +30,6 @@ import os
 import shlex
 import shutil
 import tempfile
-import traceback
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,14 @@ from typing import Any
 import pytest
 
 from conformance import clauses as catalogue
-from conformance import hypothesis_setup, render
+from conformance import hypothesis_setup, outcomes, render
 from conformance import report as rep
 from conformance.environment import describe_environment
-from conformance.evidence import NOT_APPLICABLE, SKIP, Inconclusive, Pass, Violation
+from conformance.evidence import NOT_APPLICABLE, SKIP, Inconclusive, Pass
 from conformance.scheduling import is_fuzz_check
 from conformance.target import Target, TargetFileError, resolve
 
 _PROPS = "sockconf"
-CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 # Check modules whose every check is about one profile's clauses (tested against
 # their clause marks in tests/unit/test_scheduling.py); the others serve all profiles.
 CAMPAIGN_LOG = "campaign.log"   # under --artifacts: a fuzz campaign's progress lines
@@ -180,99 +178,10 @@ BED_KEY = pytest.StashKey[Any]()
 JUDGEMENT_KEY = pytest.StashKey[Pass]()
 
 
-class NoJudgement(Exception):
-    """A check ended without returning a Pass or raising a judgement: a bug of
-    the check (the suite's error, never a pass)."""
-
-
-# -- judgements -> outcomes ---------------------------------------------------------------
-
-def _raised_in_check_code(exc: BaseException) -> bool:
-    """True when the innermost frame of exc's traceback is a check's own code
-    (conformance/checks/), not the harness or pytest."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    try:
-        return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(CHECKS_DIR)
-    except OSError:
-        return False
-
-
-def _target_failure(exc: BaseException, when: str) -> bool:
-    """True when the exception is a judgement against the target (a Violation),
-    False when the suite itself broke (verdict `error`, exit 3).  Nothing is
-    guessed from exception types: an OSError or a failed assert of the suite's
-    own is the suite's fault.  In teardown only a check's own code may judge the
-    target (e.g. "the server did not end on SIGTERM"); a Violation raised by the
-    harness while cleaning up is the suite's fault."""
-    if isinstance(exc, BaseExceptionGroup):
-        # e.g. hypothesis' FlakyFailure: a finding that did not repeat on replay
-        # (a timing-dependent bug) — the target's doing if every failure in it is.
-        return all(_target_failure(e, when) for e in exc.exceptions)
-    if not isinstance(exc, Violation):
-        return False
-    return when != "teardown" or _raised_in_check_code(exc)
-
-
-def _message(exc: BaseException) -> str:
-    """The evidence line(s) of a failure: a Violation's message in full (it may
-    carry a packet ladder), bounded; other exceptions with their type."""
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        inner = exc.exceptions[0]
-        return f"{text}: {_message(inner)}"[:6000]
-    if not isinstance(exc, Violation):
-        text = f"{type(exc).__name__}: {text}"
-    # hypothesis puts the shrunk falsifying example (and the reproduce blob) in
-    # the exception's notes: that is the evidence of a fuzz finding.
-    notes = [str(n) for n in getattr(exc, "__notes__", ()) if str(n).strip()]
-    if notes:
-        text = text[:3000] + "\n" + "\n".join(notes)[:3000]
-    return text[:6000]
-
-
-def _traceback(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
-    return text if len(text) <= 20000 else "...\n" + text[-20000:]
-
-
-def _fuzzed(exc: BaseException) -> bool:
-    """A failure that hypothesis found (and shrank): it carries the falsifying
-    example in its notes."""
-    # "Falsifying example" in older hypothesis, "Failing test case" in newer;
-    # the reproduce_failure blob (print_blob) is in both.
-    marks = ("Falsifying", "Failing test case", "reproduce_failure")
-    return any(m in str(n) for n in getattr(exc, "__notes__", ()) for m in marks)
-
-
 def _named(item: pytest.Item, names: list[str]) -> bool:
     """--sockconf-test: a name or a glob of * and ?; brackets are literal, as in a
     parametrized name (fnmatch would read them as a character class)."""
     return not names or any(fnmatch.fnmatchcase(item.name, n.replace("[", "[[]")) for n in names)
-
-
-def _clause_of_nodeid(nodeid: str, cache: dict[str, str | None]) -> str | None:
-    """The clause a check (by node id, as xdist reports them to the controller)
-    proves, read from its function's `clause` mark."""
-    path, _, rest = nodeid.partition("::")
-    name = rest.split("[")[0].split("::")[-1]
-    key = f"{path}::{name}"
-    if key not in cache:
-        cache[key] = None
-        stem = Path(path).stem
-        if Path(path).parent.name == "checks":
-            import importlib
-            try:
-                module = importlib.import_module(f"conformance.checks.{stem}")
-            except ImportError:
-                return None
-            for m in getattr(getattr(module, name, None), "pytestmark", []):
-                if getattr(m, "name", None) == "clause":
-                    cache[key] = m.args[0]
-    return cache[key]
 
 
 class _Run:
@@ -393,7 +302,7 @@ class _Run:
         even imported (test_jsondoc.py imports hypothesis: ~0.1-1 s per process)."""
         profile = PROFILE_MODULES.get(collection_path.name)
         if (profile is not None and profile != self.target.profile
-                and collection_path.parent == CHECKS_DIR):
+                and collection_path.parent == outcomes.CHECKS_DIR):
             return True
         return None
 
@@ -469,7 +378,7 @@ class _Run:
         if self.expected:
             return
         for nodeid in ids:
-            cid = _clause_of_nodeid(nodeid, self._clause_cache)
+            cid = outcomes.clause_of_nodeid(nodeid, self._clause_cache)
             if cid is not None:
                 self.expected[cid] = self.expected.get(cid, 0) + 1
 
@@ -516,8 +425,9 @@ class _Run:
                             f"returned {result!r}")
         else:
             # Returning without a judgement is not a pass: nothing was proven.
-            raise NoJudgement(f"check ended without a judgement: {pyfuncitem.name} returned "
-                              "None (a check returns Pass(...) or raises Violation/Inconclusive)")
+            raise outcomes.NoJudgement(
+                f"check ended without a judgement: {pyfuncitem.name} returned None (a check "
+                "returns Pass(...) or raises Violation/Inconclusive)")
         return True
 
     @pytest.hookimpl(hookwrapper=True)
@@ -537,11 +447,12 @@ class _Run:
             report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {exc.reason}")
             props["kind"] = exc.kind
         if report.failed and exc is not None:
-            props["message"] = _message(exc)
-            if not _target_failure(exc, call.when):
+            props["message"] = outcomes.message(exc)
+            if not outcomes.target_failure(exc, call.when):
                 props["suite_error"] = True
-                props["traceback"] = _traceback(exc)
-            props["reproduce"] = _reproduce(item.config, cid, item.name if _fuzzed(exc) else None)
+                props["traceback"] = outcomes.traceback_text(exc)
+            props["reproduce"] = _reproduce(item.config, cid,
+                                            item.name if outcomes.fuzzed(exc) else None)
             self._save_artifacts(item, cid, props)
         elif report.skipped and isinstance(report.longrepr, tuple):
             props["message"] = str(report.longrepr[2]).removeprefix("Skipped: ")
@@ -570,7 +481,7 @@ class _Run:
             props["suite_error"] = True
             props["message"] = (f"sockconf could not save the artifacts to {dest}: {e}\n"
                                 f"(the check's own outcome: {props['message']})")
-            props["traceback"] = props.get("traceback", "") + _traceback(e)
+            props["traceback"] = props.get("traceback", "") + outcomes.traceback_text(e)
 
     def _worker_isolation(self) -> None:
         from conformance.harness import netns
@@ -622,7 +533,7 @@ class _Run:
     def _crashed(self, report: pytest.TestReport) -> dict[str, Any] | None:
         """A failed report the plugin did not make: an xdist worker died while
         running a check (the suite's error: the check was never judged)."""
-        cid = _clause_of_nodeid(report.nodeid, self._clause_cache)
+        cid = outcomes.clause_of_nodeid(report.nodeid, self._clause_cache)
         if cid is None:
             if report.when == "???":   # xdist's mark of a crash report
                 # A check of unknown clause died with its worker: no verdict at all

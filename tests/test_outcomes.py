@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conformance import plugin
+from conformance import outcomes
 from conformance.evidence import Violation
 
 HEADER = """
@@ -284,12 +284,12 @@ def test_violation_in_teardown_counts_only_from_check_code() -> None:
             return e
         raise AssertionError("no Violation raised")
 
-    from_check = raised_from(str(plugin.CHECKS_DIR / "test_life.py"))
-    from_harness = raised_from(str(plugin.CHECKS_DIR.parent / "harness" / "process.py"))
-    assert plugin._target_failure(from_check, "teardown")
-    assert not plugin._target_failure(from_harness, "teardown")
-    assert plugin._target_failure(from_harness, "call")     # in the check's call: judged
-    assert not plugin._target_failure(OSError(28, "No space left on device"), "call")
+    from_check = raised_from(str(outcomes.CHECKS_DIR / "test_life.py"))
+    from_harness = raised_from(str(outcomes.CHECKS_DIR.parent / "harness" / "process.py"))
+    assert outcomes.target_failure(from_check, "teardown")
+    assert not outcomes.target_failure(from_harness, "teardown")
+    assert outcomes.target_failure(from_harness, "call")     # in the check's call: judged
+    assert not outcomes.target_failure(OSError(28, "No space left on device"), "call")
 
 
 def test_a_check_without_a_judgement_is_an_error(tmp_path: Path) -> None:

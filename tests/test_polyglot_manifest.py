@@ -32,7 +32,13 @@ def test_entry(fx: dict[str, Any]) -> None:
     goals = {g for line in MAKE_GOALS for g in line.split()}
     assert fx["build"] == "" or fx["build"] in goals, f"no Makefile goal {fx['build']!r}"
     levels = {c.id: c.level for c in applicable(fx["profile"])}
-    for clause_id, verdict in fx.get("expect", {}).items():
+    for clause_id, verdicts in fx.get("expect", {}).items():
         assert clause_id in levels, f"{clause_id} is not a {fx['profile']} clause"
         allowed = {"skip", "not-testable"} | ({"fail"} if levels[clause_id] == "MUST" else {"warn"})
-        assert verdict in allowed, f"{clause_id} ({levels[clause_id]}) cannot be {verdict!r}"
+        # A list: the runtime's behaviour varies run to run; one of them may be a pass.
+        choices = [verdicts] if isinstance(verdicts, str) else verdicts
+        assert choices and all(isinstance(v, str) for v in choices)
+        if len(choices) > 1:
+            allowed.add("pass")
+        for verdict in choices:
+            assert verdict in allowed, f"{clause_id} ({levels[clause_id]}) cannot be {verdict!r}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
 
 import pytest
 
@@ -460,12 +459,7 @@ def _urgent_exchange(bed: Testbed, transport: str, inline: bool) -> bytes:
     with support.blamed_on_target("b'ab', urgent b'X', b'cd', SHUT_WR", srv):
         sock = peers.connect(srv.transport, srv.port, srv.path, timeout=5.0)
         try:
-            sock.sendall(b"ab")
-            time.sleep(0.05)
-            sock.send(b"X", socket.MSG_OOB)
-            time.sleep(0.05)
-            sock.sendall(b"cd")
-            sock.shutdown(socket.SHUT_WR)
+            peers.send_urgent(sock)
             got = peers.read_until_end(sock, 5.0 * srv.timeout_scale)
         finally:
             sock.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 
 from conformance.checks.options import (
     BACKLOG,
@@ -214,12 +213,7 @@ def test_oobinline(bed: Testbed) -> Pass:
         reading = sockopts.read_option(accepted, socket.SOL_SOCKET, socket.SO_OOBINLINE,
                                        "SO_OOBINLINE of the accepted socket")
         try:
-            sock.sendall(b"ab")
-            time.sleep(0.05)
-            sock.send(b"X", socket.MSG_OOB)
-            time.sleep(0.05)
-            sock.sendall(b"cd")
-            sock.shutdown(socket.SHUT_WR)
+            peers.send_urgent(sock)
         except OSError as e:
             raise Violation(f"the server reset the connection during the exchange ({e})") from None
         got = peers.read_until_end(sock, 5.0)

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from conformance.evidence import Doubt
+from conformance.harness.netns import NO_CAP_NET_RAW, packet_socket_reason
 
 __all__ = ["Capture", "CaptureUnavailable", "available"]
 
-NO_CAP_NET_RAW = "no CAP_NET_RAW: run as root or where user namespaces are allowed"
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -68,31 +68,16 @@ _CHUNK = 512  # reader: frames between checks of the stop deadline
 
 
 class CaptureUnavailable(Exception):
-    """Raw capture is impossible here; :attr:`reason` says why (for pytest.skip)."""
+    """Raw capture is impossible here; :attr:`reason` says why."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def available(iface: str = "lo") -> str | None:
-    """None if a raw AF_PACKET socket can be opened on ``iface``, else the reason."""
-    af_packet = getattr(socket, "AF_PACKET", None)
-    if af_packet is None:
-        return "AF_PACKET sockets are not supported on this platform"
-    try:
-        s = socket.socket(af_packet, socket.SOCK_RAW, 0)
-    except PermissionError:
-        return NO_CAP_NET_RAW
-    except OSError as e:
-        return f"cannot open an AF_PACKET socket: {e}"
-    try:
-        s.bind((iface, 0))
-    except OSError as e:
-        return f"cannot bind an AF_PACKET socket to {iface!r}: {e}"
-    finally:
-        s.close()
-    return None
+# Whether a raw AF_PACKET socket can be opened on an interface: None, or why not.
+# (netns.py holds it: it is copied stand-alone into the non-root test.)
+available = packet_socket_reason
 
 
 # --------------------------------------------------------------------------- reader

@@ -119,7 +119,7 @@ def in_user_namespace() -> bool:
     return lines != ["0", "0", "4294967295"]
 
 
-def _packet_socket_reason(ifname: str = "lo") -> str | None:
+def packet_socket_reason(ifname: str = "lo") -> str | None:
     """None if an AF_PACKET socket can be opened and bound to ``ifname``, else why not."""
     af_packet = getattr(socket, "AF_PACKET", None)
     if af_packet is None:
@@ -201,7 +201,7 @@ def isolate(mode: str = "auto") -> Isolation:
             else:
                 bring_up("lo")
                 kind = "userns" if in_user_namespace() else "netns"
-        wire_reason = _packet_socket_reason("lo")
+        wire_reason = packet_socket_reason("lo")
         if wire_reason is not None:
             reason: str | None = wire_reason
         else:

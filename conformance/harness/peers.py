@@ -77,6 +77,17 @@ def connect(transport: str, port: int | None = None, path: str | None = None,
     return sock
 
 
+def send_urgent(sock: socket.socket) -> None:
+    """b"ab", then b"X" as urgent data (MSG_OOB), then b"cd", then SHUT_WR — each
+    part given a moment to travel as its own segment (ECHO-5, OPT-OOBINLINE)."""
+    sock.sendall(b"ab")
+    time.sleep(0.05)
+    sock.send(b"X", socket.MSG_OOB)
+    time.sleep(0.05)
+    sock.sendall(b"cd")
+    sock.shutdown(socket.SHUT_WR)
+
+
 def read_until_end(sock: socket.socket, timeout: float, *, limit: int = 1 << 20,
                    t0: float | None = None) -> Received:
     """Read until FIN, RST or `timeout` (total); never more than `limit` bytes."""

@@ -202,7 +202,7 @@ def test_check_runs_on_every_core_by_default_and_shows_clause_lines() -> None:
 
 def test_clause_of_a_check_from_its_node_id() -> None:
     # How the xdist controller (which does not collect) places a check's report.
-    from conformance.plugin import _clause_of_nodeid
+    from conformance.outcomes import clause_of_nodeid as _clause_of_nodeid
     cache: dict[str, str | None] = {}
     assert _clause_of_nodeid("checks/test_hello.py::test_exact_greeting[tcp4]", cache) == "HELLO-1"
     assert _clause_of_nodeid("../x/conformance/checks/test_life.py::test_server_syscall_order",
