@@ -113,12 +113,24 @@ class LiveServer:
         self.bed, self.transport = bed, transport
         self.srv: Server | None = None
         self.restarts = 0
+        self.death_reported = False  # an example reported the current server's death
+        self.last = "none yet"       # the last example judged on it (judged())
 
     def get(self) -> Server:
         if self.srv is not None and self.srv.proc.poll() is None:
             return self.srv
         if self.srv is not None:
+            if not self.death_reported:
+                # It died after an example that had already been judged (a crash
+                # reaped later than that example looked): never absorbed by a
+                # silent restart.  This example reports it; if the replay does not
+                # repeat it, it is reported as nondeterministic, still a failure.
+                self.death_reported = True
+                raise Violation(f"the server died between examples, after {self.last} was "
+                                f"judged: {self.srv.proc.status()}; stderr "
+                                f"{self.srv.proc.stderr()[-200:]!r}")
             self.restarts += 1
+            self.death_reported = False
             if self.srv.path:
                 try:
                     os.unlink(self.srv.path)   # the dead server's socket file
@@ -128,6 +140,10 @@ class LiveServer:
         self.srv = self.bed.start_server(self.transport, name=name)
         return self.srv
 
+    def judged(self, example: str) -> None:
+        """`example` was judged on the live server (named if it dies later)."""
+        self.last = example
+
     def require_alive(self, what: str, grace: float = 0.02) -> None:
         """Violation if the server has died; a crash caused by the last exchange
         may take a moment to be reaped: `grace` s (0: only look, as a check that
@@ -135,5 +151,6 @@ class LiveServer:
         if self.srv is None:
             raise RuntimeError("require_alive() before any server was started")
         if self.srv.proc.wait(grace) is not None:
+            self.death_reported = True
             raise Violation(f"{what}: the server died: {self.srv.proc.status()}; "
                             f"stderr {self.srv.proc.stderr()[-200:]!r}")

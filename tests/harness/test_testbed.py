@@ -121,3 +121,23 @@ def test_env_and_timeout_scale_reach_the_program(tmp_path: Path) -> None:
         assert (run.rc, run.stdout, run.timed_out) == (0, b"from the target\n", False)
     finally:
         bed.close()
+
+
+def test_a_live_server_that_died_unseen_is_reported_not_restarted(echo_bed: Testbed) -> None:
+    # A fuzz check's live server dies after an example was judged (no example
+    # saw it): the next example reports it instead of getting a fresh server.
+    from conformance.checks.fuzzing import LiveServer
+    from conformance.evidence import Violation
+
+    live = LiveServer(echo_bed, "tcp4")
+    first = live.get()
+    live.judged("b'abc' (echoed exactly)")
+    first.kill()
+    with pytest.raises(Violation, match=r"died between examples, after b'abc'"):
+        live.get()
+    again = live.get()            # reported once: the next example gets a new server
+    assert again is not first and again.running() and live.restarts == 1
+    again.kill()
+    with pytest.raises(Violation, match="the server died"):
+        live.require_alive("after an example", grace=5.0)
+    assert live.get() is not again  # its death was reported by an example: restarted
