@@ -208,7 +208,9 @@ class Trace:
 _PREFIX = re.compile(r"^(?:\[pid\s+(\d+)\]\s+|(\d+)\s+)?"
                      r"(?:(?:\d\d:\d\d:\d\d(?:\.\d+)?|\d+\.\d+)\s+)?(.*)$")
 _CALL = re.compile(r"^([a-z_][a-z0-9_]*)\((.*)$", re.S)
-_UNKNOWN_DYING = re.compile(r"^\?\?\?\(\)\s*= \?$")
+# `???() = ?`, or `???( <unfinished ...>` (and its `<... ??? resumed>`): see
+# parse_text.
+_UNKNOWN_DYING = re.compile(r"^(?:\?\?\?\(|<\.\.\. \?\?\? resumed>)")
 _RESUMED = re.compile(r"^<\.\.\. ([a-z_][a-z0-9_]*) resumed>\s?(.*)$", re.S)
 _UNFINISHED = " <unfinished ...>"
 _EXITED = re.compile(r"^\+\+\+ exited with (\d+) \+\+\+")
@@ -364,10 +366,11 @@ def parse_text(text: str) -> Trace:
             name, partial, start = pending.pop(pid)
             calls.append(_make_call(pid, name, partial, start, line, finished=False))
 
-    # `???() = ?`: strace could not read the number of a call its task was in
-    # when the task was torn down (a thread of a process that is exiting).  Such
-    # a call never returned; it is understood only if the task's next line is its
-    # end (`+++ exited/killed`), otherwise it stays unparsed.
+    # `???() = ?` (or `???( <unfinished ...>`): strace could not read the number
+    # of a call its task was in when the task was torn down (a thread of a
+    # process that is exiting).  Such a call never returned; it is understood only
+    # if the task's next lines are its end (`+++ exited/killed`), otherwise it
+    # stays unparsed.
     dying: dict[int, tuple[int, str]] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         m = _PREFIX.match(raw.rstrip("\n"))
@@ -378,11 +381,12 @@ def parse_text(text: str) -> Trace:
         body = m.group(3).strip()
         if not body:
             continue
-        if pid in dying and not body.startswith("+++"):
+        unknown = _UNKNOWN_DYING.match(body)
+        if pid in dying and not body.startswith("+++") and not unknown:
             trace.unparsed.append(dying.pop(pid))
-        if _UNKNOWN_DYING.match(body):
+        if unknown:
             flush(pid, lineno)
-            dying[pid] = (lineno, raw)
+            dying.setdefault(pid, (lineno, raw))
             continue
         if body.startswith("+++"):
             dying.pop(pid, None)

@@ -1051,6 +1051,12 @@ def test_unknown_call_of_a_dying_task_is_understood() -> None:
                                 "11 +++ exited with 0 +++\n"
                                 "10 +++ exited with 0 +++\n")
     assert dying.unparsed == [] and dying.doubt() is None
+    unfinished = syscalls.parse_text("11 ???( <unfinished ...>\n"
+                                     "10 exit_group(0) = ?\n"
+                                     "11 <... ??? resumed>) = ?\n"
+                                     "11 +++ exited with 0 +++\n"
+                                     "10 +++ exited with 0 +++\n")
+    assert unfinished.unparsed == []
     alive = syscalls.parse_text("11 ???()                             = ?\n"
                                 "11 close(3) = 0\n")
     assert alive.unparsed == [(1, "11 ???()                             = ?")]
